@@ -1,0 +1,59 @@
+# prediction-cache: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# Every target runs the project's own tools first on PATH.
+export PATH := $(BIN):$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help install dev run test test-unit test-integration requests lint format typecheck clean
+
+help: ## Show this help
+	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
+
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "prediction-cache needs Python 3.11+, got " + sys.version.split()[0] + ": set PYTHON=python3.11 (or newer)")'
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	@touch $@
+
+$(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed ## Create .venv and install the service (what the Dockerfile runs)
+
+dev: $(VENV)/.dev-installed ## Install the service plus test, lint and `make run` tools
+
+run: dev ## Start Redis (embedded unless REDIS_URL is set), worker, beat and the API on :8000
+	scripts/run.sh || [ $$? -eq 130 ]  # 130: stopped by Ctrl-C, as intended
+
+test: dev ## Run the whole suite: unit and integration tests (real Redis, Celery, gunicorn)
+	$(BIN)/python -m pytest
+
+test-unit: dev ## Run the fast unit tests only
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: dev ## Run the integration tests only
+	$(BIN)/python -m pytest tests/integration
+
+requests: dev ## Time requests against the running API (URL=, PAIR=, N=, INTERVAL=)
+	$(BIN)/python scripts/time_requests.py \
+		$(if $(URL),--url $(URL)) $(if $(PAIR),--pair $(PAIR)) \
+		$(if $(N),--count $(N)) $(if $(INTERVAL),--interval $(INTERVAL))
+
+lint: dev ## ruff check, ruff format --check and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: dev ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## Remove .venv, .run and caches
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,39 @@
+"""The read-only HTTP API: create_app() builds it from Settings and a Redis client."""
+
+from __future__ import annotations
+
+import redis
+from flask import Flask
+
+from api.errors import register_error_handlers
+from api.views import bp
+from predictions.cache import PredictionCache
+from predictions.predictor import Predictor
+from predictions.redis_client import make_redis
+from predictions.settings import Settings
+from predictions.store import PredictionStore
+
+
+def create_app(
+    settings: Settings | None = None,
+    redis_client: redis.Redis | None = None,
+    predictor: Predictor | None = None,
+) -> Flask:
+    """Build the API; tests pass their own settings, client and predictor."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    # Only GET and HEAD exist: OPTIONS gets the same JSON 405 as any other method.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    store = PredictionStore(
+        redis_client or make_redis(settings, client_name="prediction-cache-api")
+    )
+    app.extensions["prediction_settings"] = settings
+    app.extensions["prediction_pairs"] = frozenset(settings.pairs)
+    app.extensions["prediction_cache"] = PredictionCache(
+        store,
+        predictor or Predictor.from_settings(settings),
+        compute_timeout_seconds=settings.compute_timeout_seconds,
+    )
+    app.register_blueprint(bp)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,93 @@
+"""JSON errors: every error the API answers has one body shape.
+
+    {"error": {"status": 404, "code": "unknown_pair", "message": "..."}}
+
+Werkzeug's HTTP exceptions keep their headers (Allow on 405, Retry-After on 503);
+only the body is replaced. An unexpected exception is logged and answered with the
+same shape, never with an HTML page.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import orjson
+import redis
+from flask import Flask, Response
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    InternalServerError,
+    NotFound,
+    ServiceUnavailable,
+)
+
+from predictions.cache import ComputeTimeout
+from predictions.predictor import PredictionFailed
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1
+
+
+class InvalidPair(BadRequest):
+    code_name = "invalid_pair"
+
+
+class UnknownPair(NotFound):
+    code_name = "unknown_pair"
+
+
+class Unavailable(ServiceUnavailable):
+    """503 with Retry-After: the client may try again in a moment."""
+
+    def __init__(self, description: str, code_name: str) -> None:
+        super().__init__(description, retry_after=RETRY_AFTER_SECONDS)
+        self.code_name = code_name
+
+
+def error_body(status: int, code: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"status": status, "code": code, "message": message}})
+
+
+def render_http_error(error: HTTPException) -> Response:
+    response = error.get_response()
+    status = response.status_code
+    code = getattr(error, "code_name", None) or _snake_case(type(error).__name__)
+    response.set_data(error_body(status, code, error.description or response.status))
+    response.mimetype = "application/json"
+    return response
+
+
+def render_redis_error(error: redis.RedisError) -> Response:
+    log.warning("redis unavailable: %r", error)
+    return render_http_error(
+        Unavailable("the prediction cache is unreachable", "cache_unavailable")
+    )
+
+
+def render_compute_timeout(error: ComputeTimeout) -> Response:
+    log.warning("%s", error)
+    return render_http_error(Unavailable(str(error), "compute_timeout"))
+
+
+def render_prediction_failed(error: PredictionFailed) -> Response:
+    return render_http_error(Unavailable(str(error), "prediction_failed"))
+
+
+def render_unexpected(error: Exception) -> Response:
+    log.exception("unhandled error", exc_info=error)
+    return render_http_error(InternalServerError("internal error"))
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(HTTPException, render_http_error)
+    app.register_error_handler(redis.RedisError, render_redis_error)
+    app.register_error_handler(ComputeTimeout, render_compute_timeout)
+    app.register_error_handler(PredictionFailed, render_prediction_failed)
+    app.register_error_handler(Exception, render_unexpected)
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

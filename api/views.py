@@ -1,0 +1,80 @@
+"""The API's routes: thin views that read the cache and shape the answer."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from flask import Blueprint, Response, current_app
+
+from api.errors import InvalidPair, Unavailable, UnknownPair
+from predictions import keys
+from predictions.cache import PredictionCache
+from predictions.settings import Settings
+
+bp = Blueprint("predictions", __name__)
+
+
+def _cache() -> PredictionCache:
+    cache: PredictionCache = current_app.extensions["prediction_cache"]
+    return cache
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["prediction_settings"]
+    return settings
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status=status, mimetype="application/json")
+
+
+def configured_pair(text: str) -> str:
+    """The canonical pair for ``text``: 400 if malformed, 404 if not configured."""
+    try:
+        pair = keys.canonical_pair(text)
+    except keys.InvalidPair as exc:
+        raise InvalidPair(str(exc)) from None
+    if pair not in current_app.extensions["prediction_pairs"]:
+        raise UnknownPair(f"{pair} is not one of the configured pairs (see /pairs)")
+    return pair
+
+
+@bp.get("/predict/<pair>")
+def predict(pair: str) -> Response:
+    lookup = _cache().get(configured_pair(pair))
+    response = Response(lookup.prediction.to_json(), mimetype="application/json")
+    response.headers["X-Cache"] = lookup.outcome.value
+    return response
+
+
+@bp.get("/pairs")
+def pairs() -> Response:
+    now = time.time()
+    found = _cache().store.read_many(_settings().pairs)
+    items = []
+    for pair, prediction in found.items():
+        item: dict[str, object] = {"pair": pair, "cached": prediction is not None}
+        if prediction is not None:
+            item |= {
+                "computed_at": prediction.to_dict()["computed_at"],
+                "expires_at": prediction.to_dict()["expires_at"],
+                "age_seconds": round(now - prediction.computed_at, 3),
+                "expires_in_seconds": round(prediction.expires_at - now, 3),
+            }
+        items.append(item)
+    return _json({"pairs": items})
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return _json({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    try:
+        _cache().store.redis.ping()
+    except Exception as exc:  # any failure to ping means: not ready
+        raise Unavailable(f"the prediction cache is unreachable: {exc}", "not_ready") from None
+    return _json({"status": "ready"})

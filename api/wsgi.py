@@ -1,0 +1,9 @@
+"""gunicorn api.wsgi:app"""
+
+from api import create_app
+from predictions.logs import configure_logging
+from predictions.settings import Settings
+
+settings = Settings.from_env()
+configure_logging(settings.log_level)
+app = create_app(settings)

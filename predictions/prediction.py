@@ -1,0 +1,126 @@
+"""The prediction record: what the worker stores, what the API serves.
+
+The stored JSON is exactly the body the API answers with, so a cache hit needs no
+re-encoding. Decoding validates every field: Redis is outside the process, and an entry
+that does not look exactly like one we wrote is treated as absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+FIELDS = frozenset(
+    {
+        "pair",
+        "predicted_price",
+        "horizon_seconds",
+        "computed_at",
+        "expires_at",
+        "model_version",
+        "data_source",
+        "compute_seconds",
+    }
+)
+
+
+class InvalidPrediction(ValueError):
+    """A prediction (from a model, or read back from Redis) that must not be served."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Prediction:
+    """One model answer for one pair, valid from computed_at until expires_at."""
+
+    pair: str
+    predicted_price: float
+    horizon_seconds: int
+    computed_at: float  # Unix time, millisecond precision
+    expires_at: float  # Unix time, millisecond precision
+    model_version: str
+    data_source: str
+    compute_seconds: float
+
+    def __post_init__(self) -> None:
+        price = self.predicted_price
+        # bool is an int: refuse it explicitly, it is never a price.
+        if isinstance(price, bool) or not isinstance(price, int | float):
+            raise InvalidPrediction(f"{self.pair}: price {price!r} is not a number")
+        if not math.isfinite(price) or price <= 0:
+            raise InvalidPrediction(f"{self.pair}: price {price!r} is not finite and > 0")
+        if not self.expires_at > self.computed_at:
+            raise InvalidPrediction(f"{self.pair}: expires_at is not after computed_at")
+        if not math.isfinite(self.compute_seconds) or self.compute_seconds < 0:
+            raise InvalidPrediction(f"{self.pair}: bad compute_seconds")
+
+    def ttl_seconds(self, now: float) -> float:
+        """Seconds left until this prediction expires (negative once it has)."""
+        return self.expires_at - now
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public JSON shape: times as ISO 8601 UTC."""
+        return {
+            "pair": self.pair,
+            "predicted_price": self.predicted_price,
+            "horizon_seconds": self.horizon_seconds,
+            "computed_at": format_time(self.computed_at),
+            "expires_at": format_time(self.expires_at),
+            "model_version": self.model_version,
+            "data_source": self.data_source,
+            "compute_seconds": self.compute_seconds,
+        }
+
+    def to_json(self) -> bytes:
+        """Compact JSON; the price was checked finite, so no NaN can be written."""
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, raw: bytes, pair: str) -> Prediction:
+        """Decode and validate a stored entry for ``pair``; raise InvalidPrediction."""
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidPrediction(f"{pair}: not JSON ({exc})") from None
+        if not isinstance(data, dict) or data.keys() != FIELDS:
+            raise InvalidPrediction(f"{pair}: not a prediction object")
+        if data["pair"] != pair:
+            raise InvalidPrediction(f"{pair}: entry is for {data['pair']!r}")
+        horizon = data["horizon_seconds"]
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon <= 0:
+            raise InvalidPrediction(f"{pair}: bad horizon_seconds")
+        for name in ("model_version", "data_source"):
+            if not isinstance(data[name], str) or not data[name]:
+                raise InvalidPrediction(f"{pair}: bad {name}")
+        seconds = data["compute_seconds"]
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise InvalidPrediction(f"{pair}: bad compute_seconds")
+        return cls(
+            pair=pair,
+            predicted_price=data["predicted_price"],
+            horizon_seconds=horizon,
+            computed_at=parse_time(data["computed_at"], pair),
+            expires_at=parse_time(data["expires_at"], pair),
+            model_version=data["model_version"],
+            data_source=data["data_source"],
+            compute_seconds=float(seconds),
+        )
+
+
+def format_time(timestamp: float) -> str:
+    """ISO 8601 in UTC with milliseconds and a Z: 2026-11-25T01:02:03.456Z."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: object, pair: str) -> float:
+    """The inverse of format_time, for entries read back from Redis."""
+    if not isinstance(text, str) or not text.endswith("Z"):
+        raise InvalidPrediction(f"{pair}: bad timestamp {text!r}")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise InvalidPrediction(f"{pair}: bad timestamp {text!r}") from None

@@ -1,0 +1,229 @@
+"""Every setting of the service, read from the environment in one place.
+
+``Settings.from_env()`` is the only code that looks at ``os.environ``. Each value is
+coerced and validated here, so a bad value stops a process at start-up with a message
+that names the variable, instead of failing later on the first request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from predictions.keys import InvalidPair, canonical_pair
+
+T = TypeVar("T")
+
+DEFAULT_PAIRS = ("ETH-EUR", "BTC-EUR", "ETH-USD", "BTC-USD")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MARKET_DATA_SOURCES = ("synthetic",)
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The typed configuration shared by the API, the worker and beat."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # None means: the cache's Redis server, next database number (see broker_url()).
+    celery_broker_url: str | None = None
+    pairs: tuple[str, ...] = DEFAULT_PAIRS
+    # The default model reads 1-minute prices, so its answer cannot change more often
+    # than once a minute: a prediction up to 60 s old is as good as a new one.
+    prediction_ttl_seconds: float = 60.0
+    # A third of the TTL: two refreshes in a row can fail before a known pair goes cold.
+    refresh_interval_seconds: float = 20.0
+    prediction_horizon_seconds: int = 300
+    simulated_model_latency_seconds: float = 1.0
+    model: str = "predictions.model:LogLinearTrendModel"
+    market_data: str = "synthetic"
+    # How long one computation may hold a pair's lock, and so how long a request that
+    # waits for someone else's computation waits at most.
+    compute_timeout_seconds: float = 10.0
+    redis_socket_timeout_seconds: float = 0.3
+    redis_connect_timeout_seconds: float = 0.3
+    redis_max_connections: int = 32
+    refresh_batch_size: int = 100
+    worker_concurrency: int = 4
+    api_bind: str = "127.0.0.1:8000"
+    api_workers: int = 2
+    api_threads: int = 8
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.refresh_interval_seconds >= self.prediction_ttl_seconds:
+            raise SettingsError(
+                "REFRESH_INTERVAL_SECONDS must be shorter than PREDICTION_TTL_SECONDS "
+                f"(got {self.refresh_interval_seconds:g} >= "
+                f"{self.prediction_ttl_seconds:g}): otherwise predictions expire "
+                "before beat refreshes them and requests wait for the model"
+            )
+        if self.compute_timeout_seconds <= self.simulated_model_latency_seconds:
+            raise SettingsError(
+                "COMPUTE_TIMEOUT_SECONDS must be longer than "
+                "SIMULATED_MODEL_LATENCY_SECONDS (got "
+                f"{self.compute_timeout_seconds:g} <= "
+                f"{self.simulated_model_latency_seconds:g}): no computation could finish"
+            )
+        if not self.pairs:
+            raise SettingsError("PAIRS must name at least one pair, e.g. ETH-EUR")
+
+    @property
+    def broker_url(self) -> str:
+        """Celery's broker: set explicitly, or the cache's server one database up."""
+        if self.celery_broker_url:
+            return self.celery_broker_url
+        return _next_database(self.redis_url)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables; unset ones take the defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+
+        def read(field: str, coerce: Callable[[str, str], object]) -> None:
+            name = field.upper()
+            raw = env.get(name)
+            if raw is not None and raw.strip() != "":
+                values[field] = coerce(name, raw.strip())
+
+        read("redis_url", _redis_url)
+        read("celery_broker_url", _redis_url)
+        read("pairs", _pairs)
+        read("prediction_ttl_seconds", _positive_float)
+        read("refresh_interval_seconds", _positive_float)
+        read("prediction_horizon_seconds", _positive_int)
+        read("simulated_model_latency_seconds", _non_negative_float)
+        read("model", _import_string)
+        read("market_data", _choice(MARKET_DATA_SOURCES))
+        read("compute_timeout_seconds", _positive_float)
+        read("redis_socket_timeout_seconds", _positive_float)
+        read("redis_connect_timeout_seconds", _positive_float)
+        read("redis_max_connections", _positive_int)
+        read("refresh_batch_size", _positive_int)
+        read("worker_concurrency", _positive_int)
+        read("api_bind", _bind)
+        read("api_workers", _positive_int)
+        read("api_threads", _positive_int)
+        read("log_level", _log_level)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _next_database(redis_url: str) -> str:
+    parts = urllib.parse.urlsplit(redis_url)
+    query = urllib.parse.parse_qs(parts.query)
+    if "db" in query:
+        db = int(query["db"][0])
+    else:
+        db = int(parts.path.strip("/") or 0)
+    if db >= 15:
+        raise SettingsError(
+            "CELERY_BROKER_URL: REDIS_URL uses database 15, so there is no next "
+            "database for the broker; set CELERY_BROKER_URL explicitly"
+        )
+    query.pop("db", None)
+    return urllib.parse.urlunsplit(
+        (
+            parts.scheme,
+            parts.netloc,
+            f"/{db + 1}",
+            urllib.parse.urlencode(query, doseq=True),
+            "",
+        )
+    )
+
+
+def _fail(name: str, expected: str, raw: str) -> SettingsError:
+    return SettingsError(f"{name}: expected {expected}, got {raw!r}")
+
+
+def _number(name: str, raw: str, kind: Callable[[str], T], expected: str) -> T:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise _fail(name, expected, raw) from None
+    if value != value or value in (float("inf"), float("-inf")):  # NaN, inf
+        raise _fail(name, expected, raw)
+    return value
+
+
+def _positive_float(name: str, raw: str) -> float:
+    value = _number(name, raw, float, "a number of seconds > 0")
+    if value <= 0:
+        raise _fail(name, "a number of seconds > 0", raw)
+    return value
+
+
+def _non_negative_float(name: str, raw: str) -> float:
+    value = _number(name, raw, float, "a number of seconds >= 0")
+    if value < 0:
+        raise _fail(name, "a number of seconds >= 0", raw)
+    return value
+
+
+def _positive_int(name: str, raw: str) -> int:
+    value = _number(name, raw, int, "a whole number > 0")
+    if value <= 0:
+        raise _fail(name, "a whole number > 0", raw)
+    return value
+
+
+def _redis_url(name: str, raw: str) -> str:
+    scheme = urllib.parse.urlsplit(raw).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise _fail(name, "a redis://, rediss:// or unix:// URL", raw)
+    return raw
+
+
+def _pairs(name: str, raw: str) -> tuple[str, ...]:
+    pairs: list[str] = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        try:
+            pair = canonical_pair(item.strip())
+        except InvalidPair as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+        if pair not in pairs:
+            pairs.append(pair)
+    if not pairs:
+        raise _fail(name, "comma-separated pairs such as ETH-EUR,BTC-USD", raw)
+    return tuple(pairs)
+
+
+def _import_string(name: str, raw: str) -> str:
+    module, _, attribute = raw.partition(":")
+    if not module or not attribute:
+        raise _fail(name, "an import string such as package.module:attribute", raw)
+    return raw
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
+    def coerce(name: str, raw: str) -> str:
+        if raw not in choices:
+            raise _fail(name, "one of " + ", ".join(choices), raw)
+        return raw
+
+    return coerce
+
+
+def _bind(name: str, raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if raw.startswith("unix:"):
+        return raw
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise _fail(name, "HOST:PORT such as 127.0.0.1:8000, or unix:PATH", raw)
+    return raw
+
+
+def _log_level(name: str, raw: str) -> str:
+    level = raw.upper()
+    if level not in LOG_LEVELS:
+        raise _fail(name, "one of " + ", ".join(LOG_LEVELS), raw)
+    return level

@@ -1,0 +1,72 @@
+"""PredictionStore: the one place that reads and writes predictions in Redis."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+import redis
+
+from predictions.keys import prediction_key
+from predictions.prediction import InvalidPrediction, Prediction
+
+log = logging.getLogger(__name__)
+
+
+class PredictionStore:
+    """Predictions in Redis, one string key per pair, each with its own expiry.
+
+    Contract: a read may find nothing (never computed, expired, or an entry that is
+    not a valid prediction for that pair); it returns None and the caller decides.
+    A write sets the value and its expiry in one command, so no key can outlive its
+    prediction. Redis errors are not caught here: the caller knows what to answer.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def read(self, pair: str) -> Prediction | None:
+        """The pair's unexpired prediction, or None."""
+        try:
+            raw = self.redis.get(prediction_key(pair))
+        except redis.ResponseError as exc:
+            # WRONGTYPE: something else owns the key; the next write replaces it.
+            log.warning("unreadable prediction entry pair=%s error=%s", pair, exc)
+            return None
+        return self._decode(pair, raw)
+
+    def read_many(self, pairs: Sequence[str]) -> dict[str, Prediction | None]:
+        """Several pairs in one round trip (MGET returns None for a wrong type)."""
+        if not pairs:
+            return {}
+        values = self.redis.mget([prediction_key(pair) for pair in pairs])
+        return {pair: self._decode(pair, raw) for pair, raw in zip(pairs, values, strict=True)}
+
+    def write(self, prediction: Prediction, now: float) -> bool:
+        """Store a prediction until its expires_at; False if it had already expired."""
+        return self.write_many([prediction], now) == 1
+
+    def write_many(self, predictions: Iterable[Prediction], now: float) -> int:
+        """Store predictions in one round trip; return how many were written."""
+        pipe = self.redis.pipeline(transaction=False)
+        written = 0
+        for prediction in predictions:
+            # The expiry counts from the computation, not from the write.
+            milliseconds = int((prediction.expires_at - now) * 1000)
+            if milliseconds <= 0:
+                log.warning("not storing an expired prediction pair=%s", prediction.pair)
+                continue
+            pipe.set(prediction_key(prediction.pair), prediction.to_json(), px=milliseconds)
+            written += 1
+        if written:
+            pipe.execute()
+        return written
+
+    def _decode(self, pair: str, raw: bytes | None) -> Prediction | None:
+        if raw is None:
+            return None
+        try:
+            return Prediction.from_json(raw, pair)
+        except InvalidPrediction as exc:
+            log.warning("invalid prediction entry pair=%s error=%s", pair, exc)
+            return None

@@ -1,0 +1,58 @@
+"""The Celery app and its configuration, built from Settings."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from beat_schedule import build_schedule
+from predictions.settings import Settings
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    """A Celery app for ``settings``; tasks find the settings as ``app.settings``."""
+    settings = settings or Settings.from_env()
+    logging.getLogger("predictions").setLevel(settings.log_level)
+    app = Celery("prediction_cache", include=["worker.tasks"])
+    # A refresh of one batch may take this long before it is interrupted.
+    soft_limit = 3 * settings.refresh_interval_seconds + settings.compute_timeout_seconds
+    hard_limit = soft_limit + 10
+    transport_options = {
+        # Redelivery of an unacknowledged task must wait until it could not possibly
+        # still be running, or a slow task would run twice.
+        "visibility_timeout": int(hard_limit) + 60,
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 15,
+    }
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        # Keep reconnecting for as long as Redis is away.
+        broker_connection_max_retries=None,
+        # JSON only: a message in any other format is rejected, never run.
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        # Acknowledge after the refresh, and take one task at a time: a worker that
+        # dies mid-refresh leaves the message for another worker.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_soft_time_limit=soft_limit,
+        task_time_limit=hard_limit,
+        worker_concurrency=settings.worker_concurrency,
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule=build_schedule(settings.refresh_interval_seconds),
+        # In memory, due at start-up: see worker/schedulers.py.
+        beat_scheduler="worker.schedulers:WarmStartScheduler",
+    )
+    app.settings = settings  # type: ignore[attr-defined]
+    return app
