@@ -43,7 +43,8 @@ test-integration: dev ## Run the integration tests only
 requests: dev ## Time requests against the running API (URL=, PAIR=, N=, INTERVAL=)
 	$(BIN)/python scripts/time_requests.py \
 		$(if $(URL),--url $(URL)) $(if $(PAIR),--pair $(PAIR)) \
-		$(if $(N),--count $(N)) $(if $(INTERVAL),--interval $(INTERVAL))
+		$(if $(N),--count $(N)) $(if $(INTERVAL),--interval $(INTERVAL)) \
+		|| [ $$? -eq 130 ]  # 130: stopped by Ctrl-C after printing its summary
 
 lint: dev ## ruff check, ruff format --check and mypy
 	$(BIN)/ruff check .

@@ -24,6 +24,8 @@ def create_app(
     app = Flask(__name__)
     # Only GET and HEAD exist: OPTIONS gets the same JSON 405 as any other method.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    # No redirects (an HTML body) for "//": every path either matches or is a JSON 404.
+    app.url_map.merge_slashes = False
     store = PredictionStore(
         redis_client or make_redis(settings, client_name="prediction-cache-api")
     )

@@ -14,7 +14,7 @@ import re
 
 import orjson
 import redis
-from flask import Flask, Response
+from flask import Flask
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
@@ -22,6 +22,7 @@ from werkzeug.exceptions import (
     NotFound,
     ServiceUnavailable,
 )
+from werkzeug.wrappers import Response
 
 from predictions.cache import ComputeTimeout
 from predictions.predictor import PredictionFailed

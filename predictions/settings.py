@@ -94,7 +94,7 @@ class Settings:
                 values[field] = coerce(name, raw.strip())
 
         read("redis_url", _redis_url)
-        read("celery_broker_url", _redis_url)
+        read("celery_broker_url", _broker_url)
         read("pairs", _pairs)
         read("prediction_ttl_seconds", _positive_float)
         read("refresh_interval_seconds", _positive_float)
@@ -118,16 +118,17 @@ class Settings:
 def _next_database(redis_url: str) -> str:
     parts = urllib.parse.urlsplit(redis_url)
     query = urllib.parse.parse_qs(parts.query)
-    if "db" in query:
-        db = int(query["db"][0])
-    else:
-        db = int(parts.path.strip("/") or 0)
+    db = _database(redis_url)
     if db >= 15:
         raise SettingsError(
             "CELERY_BROKER_URL: REDIS_URL uses database 15, so there is no next "
             "database for the broker; set CELERY_BROKER_URL explicitly"
         )
     query.pop("db", None)
+    if parts.scheme == "unix":
+        # kombu's spelling of a socket, with the database as virtual_host.
+        query["virtual_host"] = [str(db + 1)]
+        return f"redis+socket://{parts.path}?{urllib.parse.urlencode(query, doseq=True)}"
     return urllib.parse.urlunsplit(
         (
             parts.scheme,
@@ -137,6 +138,17 @@ def _next_database(redis_url: str) -> str:
             "",
         )
     )
+
+
+def _database(url: str) -> int:
+    """The database number of a redis-py URL (path /N, or ?db=N for sockets)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    if "db" in query:
+        return int(query["db"][0])
+    if parts.scheme == "unix":
+        return 0
+    return int(parts.path.strip("/") or 0)
 
 
 def _fail(name: str, expected: str, raw: str) -> SettingsError:
@@ -175,10 +187,21 @@ def _positive_int(name: str, raw: str) -> int:
 
 
 def _redis_url(name: str, raw: str) -> str:
-    scheme = urllib.parse.urlsplit(raw).scheme
-    if scheme not in ("redis", "rediss", "unix"):
-        raise _fail(name, "a redis://, rediss:// or unix:// URL", raw)
+    expected = "a redis://, rediss:// or unix:// URL with a database number 0-15"
+    try:
+        parts = urllib.parse.urlsplit(raw)
+        database = _database(raw)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise _fail(name, expected, raw) from None
+    if parts.scheme not in ("redis", "rediss", "unix") or not 0 <= database <= 15:
+        raise _fail(name, expected, raw)
     return raw
+
+
+def _broker_url(name: str, raw: str) -> str:
+    # kombu also spells a socket redis+socket:///path?virtual_host=N.
+    return raw if raw.startswith("redis+socket://") else _redis_url(name, raw)
 
 
 def _pairs(name: str, raw: str) -> tuple[str, ...]:

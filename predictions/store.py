@@ -62,9 +62,11 @@ class PredictionStore:
             pipe.execute()
         return written
 
-    def _decode(self, pair: str, raw: bytes | None) -> Prediction | None:
+    def _decode(self, pair: str, raw: object) -> Prediction | None:
         if raw is None:
             return None
+        if not isinstance(raw, bytes):  # a client made with decode_responses=True
+            raw = str(raw).encode()
         try:
             return Prediction.from_json(raw, pair)
         except InvalidPrediction as exc:

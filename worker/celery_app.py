@@ -54,5 +54,5 @@ def create_celery(settings: Settings | None = None) -> Celery:
         # In memory, due at start-up: see worker/schedulers.py.
         beat_scheduler="worker.schedulers:WarmStartScheduler",
     )
-    app.settings = settings  # type: ignore[attr-defined]
+    app.settings = settings
     return app

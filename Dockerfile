@@ -1,0 +1,42 @@
+# One image for the API, the Celery worker and beat; docker-compose.yml picks the command.
+# The project is installed the way a developer installs it, by `make install`: the same
+# /app/.venv, the same pins from pyproject.toml, runtime dependencies only.
+FROM python:3.11-slim-bookworm
+
+# make runs the install; numpy, orjson and hiredis ship wheels, so no compiler is needed.
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
+
+# A fixed uid, so that volume ownership and Kubernetes' runAsNonRoot can rely on it.
+RUN groupadd --gid 10001 app \
+    && useradd --uid 10001 --gid app --create-home --shell /usr/sbin/nologin app
+
+WORKDIR /app
+ENV PATH=/app/.venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# The dependency layer, rebuilt only when Makefile, pyproject.toml or README.md change.
+# An editable install needs its packages to exist, so empty stand-ins take their place
+# here; the install finds each package by its path (/app/<package>), so the real code
+# copied below replaces the stand-ins without a reinstall. Keep the stand-ins in step with
+# [tool.setuptools] in pyproject.toml (tests/unit/test_deployment.py checks it).
+COPY Makefile pyproject.toml README.md ./
+RUN mkdir predictions api worker \
+    && touch predictions/__init__.py api/__init__.py worker/__init__.py beat_schedule.py \
+    && PIP_NO_CACHE_DIR=1 make install \
+    && rm -rf predictions api worker beat_schedule.py prediction_cache.egg-info
+
+# The code, owned by root and only readable by the app user, which cannot change it.
+COPY predictions/ predictions/
+COPY api/ api/
+COPY worker/ worker/
+COPY beat_schedule.py gunicorn.conf.py ./
+
+# gunicorn.conf.py reads API_BIND; inside a container it must listen beyond loopback.
+ENV API_BIND=0.0.0.0:8000
+EXPOSE 8000
+
+USER 10001:10001
+CMD ["gunicorn", "api.wsgi:app"]

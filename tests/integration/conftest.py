@@ -1,0 +1,93 @@
+"""Fixtures that start the real system: redis-server, celery worker and beat, gunicorn.
+
+Processes are started with the README's commands from the repository root, in the
+project's virtualenv, and stopped by PID after each test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import urllib3
+
+from tests.processes import BIN, MARKER, Process, RedisServer, free_port, new_run_id, wait_for
+
+pytestmark = pytest.mark.integration
+
+# Short enough that three TTLs fit in a test, long enough for a loaded 2-core machine.
+TEST_PAIRS = "ETH-EUR,BTC-EUR,ETH-USD,BTC-USD"
+TEST_TTL = 4
+TEST_REFRESH = 1
+TEST_MODEL_LATENCY = 0.3
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    base = tmp_path_factory.mktemp("redis")
+    server = RedisServer(base / "data", base).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _flush(redis_server: RedisServer) -> Iterator[None]:
+    if not (redis_server.process and redis_server.process.running()):
+        redis_server.start()  # a test killed it and failed before restarting it
+    redis_server.client().flushall()
+    yield
+
+
+@pytest.fixture
+def service_env(redis_server: RedisServer) -> dict[str, str]:
+    """The environment every process of one test shares."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY", "REDIS", "API_"))}
+    env.update(
+        {
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            "REDIS_URL": redis_server.url,
+            "PAIRS": TEST_PAIRS,
+            "PREDICTION_TTL_SECONDS": str(TEST_TTL),
+            "REFRESH_INTERVAL_SECONDS": str(TEST_REFRESH),
+            "SIMULATED_MODEL_LATENCY_SECONDS": str(TEST_MODEL_LATENCY),
+            "COMPUTE_TIMEOUT_SECONDS": "5",
+            "API_BIND": f"127.0.0.1:{free_port()}",
+            "API_WORKERS": "2",
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            MARKER: new_run_id(),
+        }
+    )
+    return env
+
+
+ProcessFactory = Callable[..., Process]
+
+
+@pytest.fixture
+def start(tmp_path: Path, service_env: dict[str, str]) -> Iterator[ProcessFactory]:
+    """start("api" | "worker" | "beat", **env overrides) -> a running Process."""
+    commands = {
+        "api": [str(BIN / "gunicorn"), "api.wsgi:app"],
+        "worker": [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel=INFO"],
+        "beat": [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel=INFO"],
+    }
+    started: list[Process] = []
+
+    def _start(kind: str, name: str | None = None, **overrides: str) -> Process:
+        process = Process(name or kind, commands[kind], {**service_env, **overrides}, tmp_path)
+        started.append(process.start())
+        if kind == "api":
+            url = f"http://{process.env['API_BIND']}/healthz"
+            wait_for(
+                lambda: urllib3.request("GET", url, timeout=1, retries=False).status == 200,
+                30,
+                what=url,
+            )
+        return process
+
+    yield _start
+    for process in reversed(started):
+        process.stop()

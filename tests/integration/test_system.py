@@ -1,0 +1,177 @@
+"""The whole system over HTTP: real Redis, real Celery worker and beat, real gunicorn."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+import urllib3
+
+from predictions.keys import prediction_key
+from tests.integration.conftest import TEST_PAIRS, TEST_REFRESH, TEST_TTL, ProcessFactory
+from tests.processes import Process, RedisServer, wait_for
+
+pytestmark = pytest.mark.integration
+
+PAIRS = TEST_PAIRS.split(",")
+HTTP = urllib3.PoolManager(maxsize=64, retries=False, timeout=urllib3.Timeout(total=10))
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Any
+    body: dict[str, Any]
+    seconds: float
+
+
+def get(api: Process, path: str, method: str = "GET") -> Answer:
+    started = time.perf_counter()
+    response = HTTP.request(method, f"http://{api.env['API_BIND']}{path}")
+    seconds = time.perf_counter() - started
+    body = orjson.loads(response.data) if response.data else {}
+    return Answer(response.status, response.headers, body, seconds)
+
+
+def computations(process: Process, pair: str) -> int:
+    return process.count(f"computed prediction pair={pair} ")
+
+
+def all_cached(redis_server: RedisServer) -> bool:
+    return all(redis_server.client().exists(prediction_key(pair)) for pair in PAIRS)
+
+
+def test_beat_and_worker_fill_every_pair_before_any_request(
+    start: ProcessFactory, redis_server: RedisServer
+) -> None:
+    worker = start("worker")
+    start("beat")
+    wait_for(lambda: all_cached(redis_server), 30, what="every pair cached by the worker")
+    api = start("api")
+    for pair in PAIRS:
+        answer = get(api, f"/predict/{pair}")
+        assert answer.status == 200
+        assert answer.headers["X-Cache"] == "HIT"
+        assert answer.body["pair"] == pair
+        assert computations(worker, pair) >= 1
+    assert api.count("computed prediction") == 0
+
+
+def test_over_three_ttls_every_request_is_a_hit(
+    start: ProcessFactory, redis_server: RedisServer
+) -> None:
+    start("worker")
+    start("beat")
+    wait_for(lambda: all_cached(redis_server), 30, what="every pair cached by the worker")
+    api = start("api")
+    statuses: dict[str, int] = {}
+    computed_at: set[str] = set()
+    deadline = time.monotonic() + 3 * TEST_TTL
+    while time.monotonic() < deadline:
+        for pair in PAIRS:
+            answer = get(api, f"/predict/{pair}")
+            key = f"{answer.status} {answer.headers.get('X-Cache')}"
+            statuses[key] = statuses.get(key, 0) + 1
+            computed_at.add(answer.body.get("computed_at", ""))
+        time.sleep(0.02)
+    assert set(statuses) == {"200 HIT"}, statuses
+    assert api.count("computed prediction") == 0
+    # The cache was refreshed while we read it, not served from one old write.
+    assert len(computed_at) > 3 * TEST_TTL / TEST_REFRESH
+
+
+def test_forty_concurrent_cold_requests_compute_once(start: ProcessFactory) -> None:
+    api = start("api", API_THREADS="24")
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        answers = list(pool.map(lambda _: get(api, "/predict/ETH-EUR"), range(40)))
+    assert [a.status for a in answers] == [200] * 40
+    # Requests that arrive after the computation landed read it as a HIT.
+    assert "MISS" in {a.headers["X-Cache"] for a in answers}
+    assert len({a.body["computed_at"] for a in answers}) == 1
+    assert computations(api, "ETH-EUR") == 1
+    assert get(api, "/predict/ETH-EUR").headers["X-Cache"] == "HIT"
+
+
+def test_redis_down_is_a_quick_503_and_everything_recovers_without_restarts(
+    start: ProcessFactory, redis_server: RedisServer
+) -> None:
+    worker = start("worker")
+    beat = start("beat")
+    wait_for(lambda: all_cached(redis_server), 30, what="every pair cached")
+    api = start("api")
+    assert get(api, "/predict/ETH-EUR").status == 200
+
+    redis_server.kill()
+    for path in ("/predict/ETH-EUR", "/predict/BTC-USD", "/readyz"):
+        for _ in range(3):
+            answer = get(api, path)
+            assert answer.status == 503, answer.body
+            assert answer.headers["Retry-After"] == "1"
+            assert answer.body["error"]["status"] == 503
+            assert answer.seconds < 1.5
+    assert get(api, "/healthz").status == 200
+
+    redis_server.start()  # same port, empty: like a restarted cache
+    wait_for(
+        lambda: all_cached(redis_server), 30, what="worker refilled the cache after the restart"
+    )
+    for pair in PAIRS:
+        answer = get(api, f"/predict/{pair}")
+        assert (answer.status, answer.headers["X-Cache"]) == (200, "HIT")
+    assert get(api, "/readyz").status == 200
+    assert worker.running() and beat.running() and api.running()
+    assert "WORKER TIMEOUT" not in api.output()
+
+
+def test_a_corrupt_entry_is_recomputed(start: ProcessFactory, redis_server: RedisServer) -> None:
+    api = start("api")
+    client = redis_server.client()
+    client.set(prediction_key("ETH-EUR"), b'{"pair": "ETH-EUR", "predicted_price": "lots"}', ex=60)
+    client.hset(prediction_key("BTC-EUR"), "predicted_price", "1")
+    for pair in ("ETH-EUR", "BTC-EUR"):
+        answer = get(api, f"/predict/{pair}")
+        assert (answer.status, answer.headers["X-Cache"]) == (200, "MISS")
+        assert answer.body["pair"] == pair and answer.body["predicted_price"] > 0
+        stored = orjson.loads(client.get(prediction_key(pair)))  # type: ignore[arg-type]
+        assert stored == answer.body
+        assert 0 < client.pttl(prediction_key(pair)) <= TEST_TTL * 1000
+        assert computations(api, pair) == 1
+    assert "invalid prediction entry pair=ETH-EUR" in api.output()
+    assert "unreadable prediction entry pair=BTC-EUR" in api.output()
+
+
+BAD_REQUESTS = [
+    ("GET", "/predict/ETHEUR", 400),
+    ("GET", "/predict/ETH-EUR-USD", 400),
+    ("GET", "/predict/%00%ff", 400),
+    ("GET", "/predict/" + "x" * 2000, 400),
+    ("GET", "/predict/SOL-EUR", 404),
+    ("GET", "/predict/DOGE-USD?refresh=1", 404),
+    ("GET", "/predict/ETH/EUR", 404),
+    ("GET", "/admin", 404),
+    ("POST", "/predict/ETH-EUR", 405),
+    ("DELETE", "/predict/ETH-EUR", 405),
+    ("OPTIONS", "/predict/ETH-EUR", 405),
+    ("PUT", "/pairs", 405),
+]
+
+
+def test_bad_requests_get_json_4xx_and_write_nothing(
+    start: ProcessFactory, redis_server: RedisServer
+) -> None:
+    api = start("api")
+    client = redis_server.client()
+    for method, path, status in BAD_REQUESTS:
+        answer = get(api, path, method)
+        assert answer.status == status, (method, path)
+        assert answer.headers["Content-Type"] == "application/json"
+        assert set(answer.body["error"]) == {"status", "code", "message"}
+        assert client.dbsize() == 0, (method, path)
+    assert api.count("computed prediction") == 0
+    # A good request does write: the key count above could have moved.
+    assert get(api, "/predict/ETH-EUR").status == 200
+    assert client.dbsize() == 1

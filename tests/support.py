@@ -1,0 +1,41 @@
+"""Test doubles shared by unit and integration tests: real objects, no mocks."""
+
+from __future__ import annotations
+
+import threading
+
+from predictions.market_data import PriceWindow
+
+
+class CountingModel:
+    """The default model's interface with a fixed answer, counting its calls."""
+
+    version = "counting-1"
+
+    def __init__(self, price: float = 123.0) -> None:
+        self.price = price
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+
+    def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int) -> float:
+        with self._lock:
+            self.calls.append(pair)
+        return self.price
+
+
+class FailingModel:
+    """A model that raises, as a broken user model would."""
+
+    version = "failing-1"
+
+    def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int) -> float:
+        raise RuntimeError("model exploded")
+
+
+class NanModel:
+    """A model whose output must never reach the cache."""
+
+    version = "nan-1"
+
+    def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int) -> float:
+        return float("nan")

@@ -1,0 +1,579 @@
+"""The deployment files: Dockerfile, .dockerignore and docker-compose.yml.
+
+Docker does not run here, so these tests parse the files and hold them to what the
+deployment relies on: the image is installed by `make install` like a developer's
+checkout, runs as a non-root user and the same commands as the Procfile; Redis is
+private, evicts only keys with a TTL and is healthy before anything starts; exactly one
+beat runs; every service has a healthcheck; every variable set is a real setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import re
+import shlex
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from predictions.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_SERVICES = ("api", "worker", "beat")
+ROOT_USERS = ("root", "0")
+
+# Variables the image sets for the interpreter rather than for the service.
+INTERPRETER_ENV = {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+
+SECRET_PATTERNS = {
+    "a password, secret, token or key assigned a value": re.compile(
+        r"(?i)\w*(passw(or)?d|secret|token|api_?key|access_?key)\w*[ \t]*[=:][ \t]*[^\s\[{]"
+    ),
+    "an AWS access key id": re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
+    "credentials in a URL": re.compile(r"://[^/\s:@]*:[^/\s@]+@"),
+    "a Redis password on the command line": re.compile(r"--requirepass\b"),
+    "a private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+}
+
+
+# --- parsing --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    value: str
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """The Dockerfile's instructions, line continuations joined and comments dropped."""
+    instructions: list[Instruction] = []
+    pending = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        keyword, _, value = (pending + stripped).partition(" ")
+        instructions.append(Instruction(keyword.upper(), value.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a line continuation"
+    return instructions
+
+
+def copy_sources(instruction: Instruction) -> list[str]:
+    """The source paths of a COPY instruction, without flags such as --chown."""
+    if instruction.value.startswith("["):
+        parts = json.loads(instruction.value)
+    else:
+        parts = [part for part in shlex.split(instruction.value) if not part.startswith("--")]
+    return [part.rstrip("/") for part in parts[:-1]]
+
+
+def env_assignments(instruction: Instruction) -> dict[str, str]:
+    """The KEY=VALUE pairs of an ENV instruction."""
+    pairs = [part.partition("=") for part in shlex.split(instruction.value)]
+    assert all(sep for _, sep, _ in pairs), f"ENV {instruction.value}: use KEY=VALUE"
+    return {key: value for key, _, value in pairs}
+
+
+@dataclasses.dataclass(frozen=True)
+class Makefile:
+    variables: dict[str, str]
+    prerequisites: dict[str, list[str]]
+    recipes: dict[str, list[str]]
+
+    def expand(self, text: str) -> str:
+        for _ in range(10):
+            expanded = re.sub(r"\$\((\w+)\)", lambda m: self.variables.get(m[1], m[0]), text)
+            if expanded == text:
+                break
+            text = expanded
+        return text
+
+    def recipes_for(self, target: str) -> Iterator[str]:
+        """The recipe lines of ``target`` and of every rule it depends on."""
+        seen: set[str] = set()
+        todo = [target]
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in self.prerequisites:
+                continue
+            seen.add(name)
+            yield from (self.expand(line) for line in self.recipes[name])
+            todo.extend(self.prerequisites[name])
+
+
+def parse_makefile(text: str) -> Makefile:
+    """Variables, rules and recipes of a plain Makefile (enough for ours)."""
+    variables: dict[str, str] = {}
+    raw_rules: list[tuple[str, str, list[str]]] = []
+    recipe: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("\t"):
+            if recipe is not None:
+                recipe.append(line.strip())
+            continue
+        recipe = None
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        assignment = re.match(r"^(?:export\s+)?([A-Za-z_]\w*)\s*(?::=|\?=|=)\s*(.*)$", line)
+        if assignment:
+            variables[assignment[1]] = assignment[2].split("#")[0].strip()
+            continue
+        rule = re.match(r"^([^\s:=#][^:=]*?)\s*:(?!=)\s*(.*)$", line)
+        if rule:
+            recipe = []
+            raw_rules.append((rule[1], rule[2].split("##")[0], recipe))
+    makefile = Makefile(variables, {}, {})
+    for targets, prerequisites, lines in raw_rules:
+        for target in makefile.expand(targets).split():
+            expanded = makefile.expand(prerequisites).replace("|", " ").split()
+            makefile.prerequisites[target] = expanded
+            makefile.recipes[target] = lines
+    return makefile
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore's ``patterns`` keep ``path`` out of the build context."""
+    parts = path.split("/")
+    ignored = False
+    for raw in patterns:
+        negate = raw.startswith("!")
+        pattern = raw.lstrip("!").strip("/")
+        for end in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:end])
+            if pattern.startswith("**/"):
+                suffixes = ("/".join(parts[start:end]) for start in range(end))
+                hit = any(fnmatch.fnmatchcase(s, pattern[3:]) for s in suffixes)
+            else:
+                hit = fnmatch.fnmatchcase(prefix, pattern)
+            if hit:
+                ignored = not negate
+                break
+    return ignored
+
+
+def procfile_commands() -> dict[str, list[str]]:
+    """What each Procfile process finally execs, as argv (what `make run` runs)."""
+    commands = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and command.strip():
+            commands[name.strip()] = shlex.split(command.rpartition("exec ")[2])
+    return commands
+
+
+def as_argv(command: str | list[str]) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {str(key): str(value) for key, value in env.items()}
+
+
+def container_ports(service: dict[str, Any]) -> list[tuple[str | None, int]]:
+    """(published, container port) for each entry of ``ports``, short or long syntax."""
+    found: list[tuple[str | None, int]] = []
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            published = entry.get("published")
+            found.append((None if published is None else str(published), int(entry["target"])))
+            continue
+        fields = str(entry).split("/")[0].split(":")
+        published = fields[-2] if len(fields) > 1 else None
+        found.append((published, int(fields[-1])))
+    return found
+
+
+def healthcheck_text(service: dict[str, Any]) -> str:
+    test = service["healthcheck"]["test"]
+    return test if isinstance(test, str) else " ".join(test)
+
+
+def setting_names() -> set[str]:
+    return {field.name.upper() for field in dataclasses.fields(Settings)}
+
+
+# --- fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[Instruction]:
+    return parse_dockerfile((ROOT / "Dockerfile").read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = compose["services"]
+    return found
+
+
+@pytest.fixture(scope="module")
+def dockerignore() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+@pytest.fixture(scope="module")
+def project_code(pyproject: dict[str, Any]) -> list[str]:
+    """The packages and modules that the install makes importable, as paths."""
+    setuptools = pyproject["tool"]["setuptools"]
+    return setuptools["packages"] + [f"{module}.py" for module in setuptools["py-modules"]]
+
+
+@pytest.fixture(scope="module")
+def image_env(dockerfile: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in dockerfile:
+        if instruction.keyword == "ENV":
+            env |= env_assignments(instruction)
+    return env
+
+
+def make_install_index(dockerfile: list[Instruction]) -> int:
+    runs = [
+        i
+        for i, ins in enumerate(dockerfile)
+        if ins.keyword == "RUN" and re.search(r"(^|[\s;&])make install($|[\s;&])", ins.value)
+    ]
+    assert len(runs) == 1, "the Dockerfile should run `make install` exactly once"
+    return runs[0]
+
+
+# --- the Makefile's install, which the image reuses -------------------------------------
+
+
+def test_make_install_pip_installs_the_project_with_runtime_dependencies_only() -> None:
+    makefile = parse_makefile((ROOT / "Makefile").read_text())
+    assert "install" in makefile.prerequisites, "the Makefile has no install target"
+    installs = [
+        shlex.split(line) for line in makefile.recipes_for("install") if "pip install" in line
+    ]
+    assert installs, "`make install` runs no pip install"
+    for argv in installs:
+        assert "." in argv, f"`make install` should install the project itself: {argv}"
+        assert not any(arg.startswith(".[") for arg in argv), f"extras in the image: {argv}"
+    assert makefile.variables["VENV"] == ".venv"
+
+
+# --- Dockerfile -----------------------------------------------------------------------
+
+
+def test_base_image_is_python_3_11_slim(dockerfile: list[Instruction]) -> None:
+    bases = [ins.value.split()[0] for ins in dockerfile if ins.keyword == "FROM"]
+    assert len(bases) == 1
+    assert re.fullmatch(r"python:3\.11-slim(-[a-z]+)?", bases[0]), bases[0]
+
+
+def test_apt_installs_only_make_and_cleans_up(dockerfile: list[Instruction]) -> None:
+    apt = [ins.value for ins in dockerfile if ins.keyword == "RUN" and "apt-get" in ins.value]
+    assert len(apt) == 1
+    run = apt[0]
+    assert "apt-get update" in run, "update and install in one layer, or the index goes stale"
+    assert "--no-install-recommends" in run
+    installed = run.split("apt-get install")[1].split("&&")[0].split()
+    assert [word for word in installed if not word.startswith("-")] == ["make"]
+    assert "rm -rf /var/lib/apt/lists/*" in run
+
+
+def test_dependency_layer_needs_only_the_build_files(
+    dockerfile: list[Instruction], project_code: list[str]
+) -> None:
+    install = make_install_index(dockerfile)
+    before = [
+        source
+        for ins in dockerfile[:install]
+        if ins.keyword in ("COPY", "ADD")
+        for source in copy_sources(ins)
+    ]
+    # Code changes must not invalidate the layer that holds every dependency.
+    assert sorted(before) == ["Makefile", "README.md", "pyproject.toml"]
+    # ...so the editable install gets stand-ins for the packages it must find.
+    run = dockerfile[install].value
+    for path in project_code:
+        stand_in = path if path.endswith(".py") else f"{path}/__init__.py"
+        assert stand_in in run, f"no stand-in for {path} before `make install`"
+
+
+def test_code_is_copied_after_the_install(
+    dockerfile: list[Instruction], project_code: list[str]
+) -> None:
+    install = make_install_index(dockerfile)
+    after = {
+        source
+        for ins in dockerfile[install + 1 :]
+        if ins.keyword == "COPY"
+        for source in copy_sources(ins)
+    }
+    missing = set(project_code) | {"gunicorn.conf.py"}
+    assert missing <= after, f"not copied into the image: {sorted(missing - after)}"
+
+
+def test_copy_sources_exist_and_reach_the_build_context(
+    dockerfile: list[Instruction], dockerignore: list[str]
+) -> None:
+    sources = [s for ins in dockerfile if ins.keyword == "COPY" for s in copy_sources(ins)]
+    assert sources
+    for source in sources:
+        assert (ROOT / source).exists(), f"COPY {source}: no such file; docker build fails"
+        assert not dockerignored(source, dockerignore), f"COPY {source} is .dockerignored"
+
+
+def test_image_runs_as_a_fixed_non_root_user(dockerfile: list[Instruction]) -> None:
+    users = [i for i, ins in enumerate(dockerfile) if ins.keyword == "USER"]
+    assert users, "no USER: the container would run as root"
+    user = dockerfile[users[-1]].value.split(":")[0]
+    assert user not in ROOT_USERS
+    cmd = max(i for i, ins in enumerate(dockerfile) if ins.keyword == "CMD")
+    assert users[-1] < cmd
+    created = " ".join(ins.value for ins in dockerfile if ins.keyword == "RUN")
+    assert re.search(rf"useradd\b.*--uid {user}\b", created) or re.search(
+        rf"useradd\b.*\b{user}$", created
+    ), f"USER {user} is not created with a fixed uid by useradd"
+
+
+def test_image_environment(dockerfile: list[Instruction], image_env: dict[str, str]) -> None:
+    workdir = [ins.value for ins in dockerfile if ins.keyword == "WORKDIR"]
+    assert workdir == ["/app"]
+    assert image_env["PATH"].startswith("/app/.venv/bin:")
+    assert image_env["PYTHONUNBUFFERED"] == "1"
+    assert image_env["API_BIND"] == "0.0.0.0:8000"
+    unknown = set(image_env) - INTERPRETER_ENV - setting_names()
+    assert not unknown, f"ENV sets variables that are not settings: {sorted(unknown)}"
+
+
+def test_image_exposes_the_port_it_binds(
+    dockerfile: list[Instruction], image_env: dict[str, str]
+) -> None:
+    exposed = [ins.value.split("/")[0] for ins in dockerfile if ins.keyword == "EXPOSE"]
+    assert exposed == [image_env["API_BIND"].rpartition(":")[2]]
+
+
+def test_default_command_is_the_api_as_the_procfile_runs_it(
+    dockerfile: list[Instruction],
+) -> None:
+    cmds = [ins.value for ins in dockerfile if ins.keyword == "CMD"]
+    assert len(cmds) == 1
+    # Exec form: no shell in between, so gunicorn itself receives SIGTERM.
+    assert json.loads(cmds[0]) == ["gunicorn", "api.wsgi:app"] == procfile_commands()["api"]
+
+
+# --- .dockerignore --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".git/HEAD",
+        ".venv/bin/python",
+        ".run/redis/dump.rdb",
+        ".env",
+        "tests/unit/test_deployment.py",
+        "docs/index.md",
+        "predictions/__pycache__/store.cpython-311.pyc",
+        ".pytest_cache/README.md",
+        ".ruff_cache/CACHEDIR.TAG",
+        ".mypy_cache/3.11/x.json",
+        "prediction_cache.egg-info/PKG-INFO",
+    ],
+)
+def test_dockerignore_keeps_local_state_out(path: str, dockerignore: list[str]) -> None:
+    assert dockerignored(path, dockerignore)
+
+
+# --- docker-compose.yml: services and singletons --------------------------------------
+
+
+def test_compose_services(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) == {"redis", *APP_SERVICES}
+
+
+def test_exactly_one_beat(services: dict[str, dict[str, Any]]) -> None:
+    beats = [
+        name
+        for name, service in services.items()
+        if {"celery", "beat"} <= set(as_argv(service.get("command", [])))
+    ]
+    assert beats == ["beat"]
+    assert services["beat"]["deploy"]["replicas"] == 1
+    assert services["beat"].get("scale", 1) == 1
+    # A worker started with -B embeds a beat of its own: a second scheduler.
+    for name, service in services.items():
+        argv = as_argv(service.get("command", []))
+        assert "-B" not in argv and "--beat" not in argv, f"{name} embeds a beat"
+
+
+def test_app_commands_are_the_procfile_commands(services: dict[str, dict[str, Any]]) -> None:
+    procfile = procfile_commands()
+    assert as_argv(services["worker"]["command"])[:4] == ["celery", "-A", "worker", "worker"]
+    assert as_argv(services["beat"]["command"])[:4] == ["celery", "-A", "worker", "beat"]
+    for name in APP_SERVICES:
+        assert as_argv(services[name]["command"]) == procfile[name]
+
+
+def test_app_services_share_the_x_app_block(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    shared = compose["x-app"]
+    assert shared["build"] == "."
+    for name in APP_SERVICES:
+        for key in shared:
+            assert services[name][key] == shared[key], f"{name}.{key} differs from x-app"
+
+
+def test_every_service_restarts_unless_stopped(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        assert service.get("restart") == "unless-stopped", name
+
+
+# --- healthchecks and start order -----------------------------------------------------
+
+
+def test_every_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        check = service.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        assert not check.get("disable", False), name
+        test = check["test"]
+        assert test and test not in (["NONE"], "NONE"), f"{name}: empty healthcheck"
+        assert isinstance(test, str) or test[0] in ("CMD", "CMD-SHELL"), name
+        assert check.get("timeout"), f"{name}: a hung check should time out"
+
+
+def test_healthchecks_check_the_right_thing(services: dict[str, dict[str, Any]]) -> None:
+    assert "redis-cli ping" in healthcheck_text(services["redis"])
+    api = healthcheck_text(services["api"])
+    assert "urllib" in api and "/readyz" in api
+    worker = healthcheck_text(services["worker"])
+    assert "celery -A worker inspect ping" in worker
+    assert "celery@$$HOSTNAME" in worker, "ping this worker only, by its node name"
+    assert "--timeout" in worker
+    assert "broker_url" in healthcheck_text(services["beat"])
+
+
+def test_python_healthchecks_compile(services: dict[str, dict[str, Any]]) -> None:
+    checked = 0
+    for name, service in services.items():
+        test = service["healthcheck"]["test"]
+        if isinstance(test, list) and test[1:3] == ["python", "-c"]:
+            compile(test[3], f"<{name} healthcheck>", "exec")
+            checked += 1
+    assert checked >= 2
+
+
+def test_api_healthcheck_uses_the_bound_port(
+    services: dict[str, dict[str, Any]], image_env: dict[str, str]
+) -> None:
+    bind = environment(services["api"]).get("API_BIND", image_env["API_BIND"])
+    port = int(bind.rpartition(":")[2])
+    assert f"127.0.0.1:{port}/readyz" in healthcheck_text(services["api"])
+    assert ("8000", port) in container_ports(services["api"])
+
+
+def test_app_services_start_after_redis_is_healthy(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in APP_SERVICES:
+        depends_on = services[name].get("depends_on")
+        assert isinstance(depends_on, dict), f"{name}: use the long form with a condition"
+        assert depends_on["redis"]["condition"] == "service_healthy", name
+
+
+# --- Redis ----------------------------------------------------------------------------
+
+
+def test_redis_is_not_published(services: dict[str, dict[str, Any]]) -> None:
+    assert "ports" not in services["redis"]
+    for name, service in services.items():
+        assert service.get("network_mode") != "host", f"{name} shares the host's network"
+        for published, target in container_ports(service):
+            assert 6379 not in (target, int(published or 0)), f"{name} publishes Redis"
+
+
+def test_redis_is_bounded_and_evicts_only_keys_with_a_ttl(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:7")
+    argv = as_argv(redis["command"])
+    options = dict(zip(argv[1::2], argv[2::2], strict=False))
+    assert argv[0] == "redis-server"
+    assert options["--maxmemory-policy"].startswith("volatile-")
+    assert options["--maxmemory"] not in ("0", "0b"), "unbounded memory never evicts"
+
+
+# --- users, settings and secrets ------------------------------------------------------
+
+
+def test_no_service_runs_as_root(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        user = str(service.get("user", "")).split(":")[0]
+        assert user not in ROOT_USERS, f"{name} overrides the user to root"
+    for name in APP_SERVICES:
+        # Built from the Dockerfile, so its non-root USER applies.
+        assert services[name]["build"] == "." and "image" not in services[name], name
+
+
+def test_compose_sets_only_real_settings(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        env = environment(service)
+        unknown = set(env) - setting_names()
+        assert not unknown, f"{name} sets variables that are not settings: {sorted(unknown)}"
+        if name in APP_SERVICES:
+            settings = Settings.from_env(env)  # raises on a value the service rejects
+            assert settings.redis_url.startswith("redis://redis:")
+            assert settings.broker_url != settings.redis_url, "keep the broker's db apart"
+
+
+def test_compose_substitutes_nothing_from_the_host() -> None:
+    # Compose replaces $NAME from the shell running it; $$ passes a $ to the container.
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "$" not in text.replace("$$", "")
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "docker-compose.yml", ".dockerignore"])
+def test_no_secrets_in_deployment_files(name: str) -> None:
+    text = (ROOT / name).read_text()
+    for what, pattern in SECRET_PATTERNS.items():
+        found = pattern.search(text)
+        assert not found, f"{name} holds {what}: {found[0] if found else ''!r}"
+
+
+@pytest.mark.parametrize(
+    ("sample", "secret"),
+    [
+        ("REDIS_PASSWORD=hunter2", True),
+        ("api_token: abc123", True),
+        ("AWS_ACCESS_KEY_ID: AKIAIOSFODNN7EXAMPLE", True),
+        ("REDIS_URL: redis://:hunter2@redis:6379/0", True),
+        ("command: redis-server --requirepass hunter2", True),
+        ("REDIS_URL: redis://redis:6379/0", False),
+        ("secrets:\n  - broker_password", False),
+        ("http://127.0.0.1:8000/readyz", False),
+    ],
+)
+def test_secret_patterns_tell_secrets_from_plain_config(sample: str, secret: bool) -> None:
+    assert any(p.search(sample) for p in SECRET_PATTERNS.values()) is secret

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from predictions.keys import InvalidPair, canonical_pair, compute_lock_key, prediction_key
+
+
+@pytest.mark.parametrize(
+    ("text", "pair"),
+    [
+        ("ETH-EUR", "ETH-EUR"),
+        ("eth-eur", "ETH-EUR"),
+        ("Btc-Usdt", "BTC-USDT"),
+        ("1inch-eur", "1INCH-EUR"),
+    ],
+)
+def test_pairs_are_canonicalised(text: str, pair: str) -> None:
+    assert canonical_pair(text) == pair
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "ETH", "ETH-", "-EUR", "ETH/EUR", "ETH_EUR", "ETH-EUR-USD", "E-EUR", "ETH-EUR ", "EUR-EUR",
+     "ABCDEFGHIJK-EUR", "ſol-eur", "ETH-ÉUR", "eth-eur\n", "x" * 10_000],
+)  # fmt: skip
+def test_malformed_pairs_are_rejected(text: str) -> None:
+    with pytest.raises(InvalidPair):
+        canonical_pair(text)
+
+
+@given(st.text(max_size=40))
+def test_anything_is_either_rejected_or_a_canonical_pair(text: str) -> None:
+    try:
+        pair = canonical_pair(text)
+    except InvalidPair:
+        return
+    assert re.fullmatch(r"[A-Z0-9]{2,10}-[A-Z0-9]{2,10}", pair)
+    assert pair == text.upper()
+
+
+def test_keys_are_namespaced_per_pair() -> None:
+    assert prediction_key("ETH-EUR") == "pc:prediction:ETH-EUR"
+    assert compute_lock_key("ETH-EUR") == "pc:lock:compute:ETH-EUR"
+    assert prediction_key("ETH-EUR") != prediction_key("BTC-EUR")

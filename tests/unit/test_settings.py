@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import pytest
+
+from predictions.settings import DEFAULT_PAIRS, Settings, SettingsError
+
+
+def test_defaults_are_valid_and_documented_values() -> None:
+    settings = Settings.from_env({})
+    assert settings.pairs == DEFAULT_PAIRS
+    assert settings.refresh_interval_seconds < settings.prediction_ttl_seconds
+    assert settings.prediction_horizon_seconds == 300
+    assert settings.simulated_model_latency_seconds == 1.0
+    assert settings.api_bind == "127.0.0.1:8000"
+
+
+def test_values_are_coerced_and_pairs_canonicalised() -> None:
+    settings = Settings.from_env(
+        {
+            "PAIRS": " eth-eur, SOL-USD,,ETH-EUR ",
+            "PREDICTION_TTL_SECONDS": "4.5",
+            "REFRESH_INTERVAL_SECONDS": "1",
+            "SIMULATED_MODEL_LATENCY_SECONDS": "0",
+            "REDIS_MAX_CONNECTIONS": "7",
+            "LOG_LEVEL": "debug",
+        }
+    )
+    assert settings.pairs == ("ETH-EUR", "SOL-USD")
+    assert settings.prediction_ttl_seconds == 4.5
+    assert settings.refresh_interval_seconds == 1.0
+    assert settings.simulated_model_latency_seconds == 0.0
+    assert settings.redis_max_connections == 7
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PREDICTION_TTL_SECONDS", "soon"),
+        ("PREDICTION_TTL_SECONDS", "-1"),
+        ("PREDICTION_TTL_SECONDS", "nan"),
+        ("REFRESH_INTERVAL_SECONDS", "inf"),
+        ("PREDICTION_HORIZON_SECONDS", "2.5"),
+        ("SIMULATED_MODEL_LATENCY_SECONDS", "-0.1"),
+        ("REDIS_URL", "http://localhost:6379"),
+        ("REDIS_URL", "redis://localhost:6379/zero"),
+        ("REDIS_URL", "redis://localhost:port/0"),
+        ("REDIS_URL", "redis://localhost:6379/16"),
+        ("CELERY_BROKER_URL", "amqp://guest@localhost//"),
+        ("PAIRS", "ETH/EUR"),
+        ("PAIRS", " , "),
+        ("MODEL", "no_colon_here"),
+        ("MARKET_DATA", "kraken"),
+        ("API_BIND", "8000"),
+        ("API_WORKERS", "0"),
+        ("LOG_LEVEL", "chatty"),
+    ],
+)
+def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_refresh_must_be_shorter_than_ttl() -> None:
+    with pytest.raises(SettingsError, match="REFRESH_INTERVAL_SECONDS must be shorter"):
+        Settings.from_env({"PREDICTION_TTL_SECONDS": "10", "REFRESH_INTERVAL_SECONDS": "10"})
+
+
+def test_compute_timeout_must_exceed_model_latency() -> None:
+    with pytest.raises(SettingsError, match="COMPUTE_TIMEOUT_SECONDS"):
+        Settings.from_env({"SIMULATED_MODEL_LATENCY_SECONDS": "12"})
+
+
+def test_empty_values_mean_default() -> None:
+    assert Settings.from_env({"PAIRS": "", "REDIS_URL": "  "}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("redis_url", "broker_url"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/1"),
+        ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379/1"),
+        ("rediss://user:pw@cache.example:6380/3", "rediss://user:pw@cache.example:6380/4"),
+        ("unix:///run/redis.sock?db=2", "redis+socket:///run/redis.sock?virtual_host=3"),
+    ],
+)
+def test_broker_defaults_to_the_next_database(redis_url: str, broker_url: str) -> None:
+    assert Settings.from_env({"REDIS_URL": redis_url}).broker_url == broker_url
+
+
+def test_explicit_broker_wins() -> None:
+    env = {"REDIS_URL": "redis://a:6379/0", "CELERY_BROKER_URL": "redis://b:6379/5"}
+    assert Settings.from_env(env).broker_url == "redis://b:6379/5"
+
+
+def test_database_15_has_no_next_one() -> None:
+    with pytest.raises(SettingsError, match="CELERY_BROKER_URL"):
+        _ = Settings.from_env({"REDIS_URL": "redis://localhost:6379/15"}).broker_url

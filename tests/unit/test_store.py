@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import time
+
+import fakeredis
+import pytest
+
+from predictions.keys import prediction_key
+from predictions.predictor import Predictor
+from predictions.store import PredictionStore
+
+
+def test_a_write_sets_value_and_expiry_together(
+    store: PredictionStore, redis_client: fakeredis.FakeRedis, predictor: Predictor
+) -> None:
+    prediction = predictor.compute("ETH-EUR")
+    assert store.write(prediction, now=prediction.computed_at)
+    ttl_ms = redis_client.pttl(prediction_key("ETH-EUR"))
+    assert 29_000 < ttl_ms <= 30_000
+    assert store.read("ETH-EUR") == prediction
+
+
+def test_expiry_counts_from_the_computation(
+    store: PredictionStore, redis_client: fakeredis.FakeRedis, predictor: Predictor
+) -> None:
+    prediction = predictor.compute("ETH-EUR")
+    store.write(prediction, now=prediction.computed_at + 20)
+    assert redis_client.pttl(prediction_key("ETH-EUR")) <= 10_000
+
+
+def test_an_expired_prediction_is_not_written(
+    store: PredictionStore, redis_client: fakeredis.FakeRedis, predictor: Predictor
+) -> None:
+    prediction = predictor.compute("ETH-EUR")
+    assert not store.write(prediction, now=prediction.expires_at + 1)
+    assert redis_client.dbsize() == 0
+
+
+def test_read_of_a_missing_pair_is_none(store: PredictionStore) -> None:
+    assert store.read("ETH-EUR") is None
+
+
+@pytest.mark.parametrize("kind", ["garbage", "hash", "list", "other-pair"])
+def test_unreadable_entries_read_as_none(
+    kind: str,
+    store: PredictionStore,
+    redis_client: fakeredis.FakeRedis,
+    predictor: Predictor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = prediction_key("ETH-EUR")
+    if kind == "garbage":
+        redis_client.set(key, b"\x80not json")
+    elif kind == "hash":
+        redis_client.hset(key, "price", "1")
+    elif kind == "list":
+        redis_client.rpush(key, "1")
+    else:
+        redis_client.set(key, predictor.compute("BTC-EUR").to_json())
+    assert store.read("ETH-EUR") is None
+    assert "pair=ETH-EUR" in caplog.text
+    assert store.read_many(["ETH-EUR"]) == {"ETH-EUR": None}
+
+
+def test_write_many_and_read_many_take_one_round_trip_each(
+    store: PredictionStore, predictor: Predictor
+) -> None:
+    pairs = ["ETH-EUR", "BTC-EUR", "ETH-USD"]
+    predictions = [predictor.compute(pair) for pair in pairs]
+    assert store.write_many(predictions, time.time()) == 3
+    assert store.read_many([*pairs, "BTC-USD"]) == {
+        **dict(zip(pairs, predictions, strict=True)),
+        "BTC-USD": None,
+    }
+    assert store.read_many([]) == {}

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import time
+
+import fakeredis
+import pytest
+
+from beat_schedule import REFRESH_ALL_TASK, build_schedule
+from predictions.keys import prediction_key
+from predictions.market_data import SyntheticMarketData
+from predictions.predictor import Predictor
+from predictions.settings import Settings
+from predictions.store import PredictionStore
+from tests.support import CountingModel
+from worker.celery_app import create_celery
+from worker.refresh import RefreshResources, batches, refresh_pairs
+
+
+@pytest.fixture
+def resources(store: PredictionStore, predictor: Predictor, settings: Settings) -> RefreshResources:
+    return RefreshResources(pairs=frozenset(settings.pairs), predictor=predictor, store=store)
+
+
+def test_refresh_writes_every_pair_with_its_expiry(
+    resources: RefreshResources, redis_client: fakeredis.FakeRedis, model: CountingModel
+) -> None:
+    assert refresh_pairs(["ETH-EUR", "btc-eur"], resources) == 2
+    assert model.calls == ["ETH-EUR", "BTC-EUR"]
+    for pair in ("ETH-EUR", "BTC-EUR"):
+        assert 0 < redis_client.pttl(prediction_key(pair)) <= 30_000
+
+
+def test_refresh_ignores_pairs_that_are_not_configured(
+    resources: RefreshResources, redis_client: fakeredis.FakeRedis, model: CountingModel
+) -> None:
+    assert refresh_pairs(["SOL-EUR", "not a pair", "ETH-EUR"], resources) == 1
+    assert model.calls == ["ETH-EUR"]
+    assert redis_client.keys("*") == [prediction_key("ETH-EUR").encode()]
+
+
+def test_a_failing_pair_keeps_its_previous_prediction_and_others_refresh(
+    store: PredictionStore, settings: Settings, redis_client: fakeredis.FakeRedis
+) -> None:
+    class FailsOnEth(CountingModel):
+        def predict(self, pair, prices, horizon_seconds):  # type: ignore[no-untyped-def]
+            if pair == "ETH-EUR" and self.calls:
+                raise RuntimeError("bad data")
+            return super().predict(pair, prices, horizon_seconds)
+
+    predictor = Predictor(FailsOnEth(), SyntheticMarketData(), 300, settings.prediction_ttl_seconds)
+    resources = RefreshResources(frozenset(settings.pairs), predictor, store)
+    assert refresh_pairs(["ETH-EUR"], resources) == 1
+    before = store.read("ETH-EUR")
+    assert refresh_pairs(["ETH-EUR", "BTC-EUR"], resources) == 1
+    assert store.read("ETH-EUR") == before
+    assert store.read("BTC-EUR") is not None
+
+
+@pytest.mark.parametrize(
+    ("count", "size", "minimum", "expected"),
+    [(0, 100, 4, []), (4, 100, 4, [1, 1, 1, 1]), (3, 100, 4, [1, 1, 1]), (10, 100, 4, [3, 3, 3, 1]),
+     (1_000, 100, 4, [100] * 10), (1_001, 100, 4, [91] * 11)],
+)  # fmt: skip
+def test_batches_cover_every_pair_once(
+    count: int, size: int, minimum: int, expected: list[int]
+) -> None:
+    pairs = [f"P{i:04d}-EUR" for i in range(count)]
+    chunks = batches(pairs, size, minimum)
+    assert [len(chunk) for chunk in chunks] == expected
+    assert [pair for chunk in chunks for pair in chunk] == pairs
+
+
+def test_celery_is_configured_for_safe_delivery() -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:6399/2")
+    conf = create_celery(settings).conf
+    assert conf.broker_url == "redis://127.0.0.1:6399/3"
+    assert conf.accept_content == ["json"]
+    assert conf.task_serializer == "json"
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_ignore_result
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    assert conf.task_time_limit > conf.task_soft_time_limit
+
+
+def test_every_scheduled_task_exists_and_expires_within_its_interval() -> None:
+    settings = Settings(prediction_ttl_seconds=6, refresh_interval_seconds=2)
+    app = create_celery(settings)
+    app.loader.import_default_modules()
+    schedule = app.conf.beat_schedule
+    assert schedule == build_schedule(2)
+    for entry in schedule.values():
+        assert entry["task"] in app.tasks
+        assert entry["options"]["expires"] <= entry["schedule"]
+    assert REFRESH_ALL_TASK in app.tasks
+    assert "predictions.refresh_pairs" in app.tasks
+
+
+def test_warm_start_scheduler_is_due_at_once() -> None:
+    from worker.schedulers import WarmStartScheduler
+
+    app = create_celery(Settings(prediction_ttl_seconds=60, refresh_interval_seconds=20))
+    scheduler = WarmStartScheduler(app, lazy=False)
+    entry = scheduler.schedule["refresh-all-predictions"]
+    is_due, _ = entry.is_due()
+    assert is_due
+    assert time.time() - entry.last_run_at.timestamp() > 20
