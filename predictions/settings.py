@@ -8,6 +8,7 @@ that names the variable, instead of failing later on the first request.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -15,7 +16,7 @@ from typing import TypeVar
 
 from predictions.keys import InvalidPair, canonical_pair
 
-T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 DEFAULT_PAIRS = ("ETH-EUR", "BTC-EUR", "ETH-USD", "BTC-USD")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -155,35 +156,26 @@ def _fail(name: str, expected: str, raw: str) -> SettingsError:
     return SettingsError(f"{name}: expected {expected}, got {raw!r}")
 
 
-def _number(name: str, raw: str, kind: Callable[[str], T], expected: str) -> T:
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise _fail(name, expected, raw) from None
-    if value != value or value in (float("inf"), float("-inf")):  # NaN, inf
-        raise _fail(name, expected, raw)
-    return value
+def _bounded(
+    kind: Callable[[str], N], expected: str, accept: Callable[[N], bool]
+) -> Callable[[str, str], N]:
+    """A coercer to int or float that refuses NaN, infinities and values not accepted."""
+
+    def coerce(name: str, raw: str) -> N:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise _fail(name, expected, raw) from None
+        if not math.isfinite(value) or not accept(value):
+            raise _fail(name, expected, raw)
+        return value
+
+    return coerce
 
 
-def _positive_float(name: str, raw: str) -> float:
-    value = _number(name, raw, float, "a number of seconds > 0")
-    if value <= 0:
-        raise _fail(name, "a number of seconds > 0", raw)
-    return value
-
-
-def _non_negative_float(name: str, raw: str) -> float:
-    value = _number(name, raw, float, "a number of seconds >= 0")
-    if value < 0:
-        raise _fail(name, "a number of seconds >= 0", raw)
-    return value
-
-
-def _positive_int(name: str, raw: str) -> int:
-    value = _number(name, raw, int, "a whole number > 0")
-    if value <= 0:
-        raise _fail(name, "a whole number > 0", raw)
-    return value
+_positive_float = _bounded(float, "a number of seconds > 0", lambda value: value > 0)
+_non_negative_float = _bounded(float, "a number of seconds >= 0", lambda value: value >= 0)
+_positive_int = _bounded(int, "a whole number > 0", lambda value: value > 0)
 
 
 def _redis_url(name: str, raw: str) -> str:
