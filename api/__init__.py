@@ -8,6 +8,7 @@ from flask import Flask
 from api.errors import register_error_handlers
 from api.views import bp
 from predictions.cache import PredictionCache
+from predictions.near_cache import NearCache
 from predictions.predictor import Predictor
 from predictions.redis_client import make_redis
 from predictions.settings import Settings
@@ -35,6 +36,7 @@ def create_app(
         store,
         predictor or Predictor.from_settings(settings),
         compute_timeout_seconds=settings.compute_timeout_seconds,
+        near_cache=NearCache(settings.near_cache_seconds),
     )
     app.register_blueprint(bp)
     register_error_handlers(app)

@@ -31,11 +31,14 @@ def _json(data: object, status: int = 200) -> Response:
 
 def configured_pair(text: str) -> str:
     """The canonical pair for ``text``: 400 if malformed, 404 if not configured."""
+    configured: frozenset[str] = current_app.extensions["prediction_pairs"]
+    if text in configured:  # the common case: already canonical
+        return text
     try:
         pair = keys.canonical_pair(text)
     except keys.InvalidPair as exc:
         raise InvalidPair(str(exc)) from None
-    if pair not in current_app.extensions["prediction_pairs"]:
+    if pair not in configured:
         raise UnknownPair(f"{pair} is not one of the configured pairs (see /pairs)")
     return pair
 

@@ -16,6 +16,7 @@ import redis
 from redis.exceptions import LockError
 
 from predictions.keys import compute_lock_key
+from predictions.near_cache import NearCache
 from predictions.prediction import Prediction
 from predictions.predictor import Predictor
 from predictions.store import PredictionStore
@@ -44,21 +45,29 @@ class PredictionCache:
         store: PredictionStore,
         predictor: Predictor,
         compute_timeout_seconds: float,
+        near_cache: NearCache | None = None,
         poll_interval_seconds: float = 0.02,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.predictor = predictor
+        self.near = near_cache or NearCache(0)
         self.compute_timeout = compute_timeout_seconds
         self.poll_interval = poll_interval_seconds
         self.clock = clock
 
     def get(self, pair: str) -> Lookup:
         """The pair's prediction: from Redis if there, else computed once and stored."""
-        prediction = self.store.read(pair)
+        prediction = self.near.get(pair)
         if prediction is not None:
             return Lookup(prediction, Outcome.HIT)
-        return Lookup(self._compute_once(pair), Outcome.MISS)
+        prediction = self.store.read(pair)
+        if prediction is not None:
+            self.near.put(prediction)
+            return Lookup(prediction, Outcome.HIT)
+        prediction = self._compute_once(pair)
+        self.near.put(prediction)
+        return Lookup(prediction, Outcome.MISS)
 
     def _compute_once(self, pair: str) -> Prediction:
         lock = self.store.redis.lock(

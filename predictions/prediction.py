@@ -44,6 +44,8 @@ class Prediction:
     model_version: str
     data_source: str
     compute_seconds: float
+    # The exact JSON this prediction was read from, so that serving it needs no encoding.
+    body: bytes = dataclasses.field(default=b"", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         price = self.predicted_price
@@ -76,7 +78,7 @@ class Prediction:
 
     def to_json(self) -> bytes:
         """Compact JSON; the price was checked finite, so no NaN can be written."""
-        return orjson.dumps(self.to_dict())
+        return self.body or orjson.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, raw: bytes, pair: str) -> Prediction:
@@ -107,6 +109,7 @@ class Prediction:
             model_version=data["model_version"],
             data_source=data["data_source"],
             compute_seconds=float(seconds),
+            body=raw,
         )
 
 

@@ -47,6 +47,9 @@ class Settings:
     # How long one computation may hold a pair's lock, and so how long a request that
     # waits for someone else's computation waits at most.
     compute_timeout_seconds: float = 10.0
+    # How long an API process may answer from its own copy of a prediction read from
+    # Redis (never past the prediction's expiry); 0 reads Redis on every request.
+    near_cache_seconds: float = 0.25
     redis_socket_timeout_seconds: float = 0.3
     redis_connect_timeout_seconds: float = 0.3
     redis_max_connections: int = 32
@@ -71,6 +74,11 @@ class Settings:
                 "SIMULATED_MODEL_LATENCY_SECONDS (got "
                 f"{self.compute_timeout_seconds:g} <= "
                 f"{self.simulated_model_latency_seconds:g}): no computation could finish"
+            )
+        if not 0 <= self.near_cache_seconds < 1:
+            raise SettingsError(
+                f"NEAR_CACHE_SECONDS must be at least 0 and below 1 second (got "
+                f"{self.near_cache_seconds:g}): a near copy must not lag Redis for long"
             )
         if not self.pairs:
             raise SettingsError("PAIRS must name at least one pair, e.g. ETH-EUR")
@@ -104,6 +112,7 @@ class Settings:
         read("model", _import_string)
         read("market_data", _choice(MARKET_DATA_SOURCES))
         read("compute_timeout_seconds", _positive_float)
+        read("near_cache_seconds", _non_negative_float)
         read("redis_socket_timeout_seconds", _positive_float)
         read("redis_connect_timeout_seconds", _positive_float)
         read("redis_max_connections", _positive_int)

@@ -106,6 +106,8 @@ def test_redis_down_is_a_quick_503_and_everything_recovers_without_restarts(
     assert get(api, "/predict/ETH-EUR").status == 200
 
     redis_server.kill()
+    # Copies read in the last NEAR_CACHE_SECONDS may still answer, fresh; then 503s.
+    wait_for(lambda: get(api, "/predict/ETH-EUR").status == 503, 2, what="503 without Redis")
     for path in ("/predict/ETH-EUR", "/predict/BTC-USD", "/readyz"):
         for _ in range(3):
             answer = get(api, path)

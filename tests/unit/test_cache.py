@@ -10,6 +10,7 @@ import pytest
 from predictions.cache import ComputeTimeout, Outcome, PredictionCache
 from predictions.keys import compute_lock_key
 from predictions.market_data import SyntheticMarketData
+from predictions.near_cache import NearCache
 from predictions.predictor import PredictionFailed, Predictor
 from predictions.store import PredictionStore
 from tests.support import CountingModel, FailingModel
@@ -83,3 +84,43 @@ def test_a_failed_computation_releases_the_lock_and_writes_nothing(
     with pytest.raises(PredictionFailed):
         _cache(store, predictor).get("ETH-EUR")
     assert redis_client.keys("*") == []
+
+
+def test_near_cache_serves_repeats_without_redis(
+    store: PredictionStore, predictor: Predictor, redis_client: fakeredis.FakeRedis
+) -> None:
+    cache = PredictionCache(store, predictor, compute_timeout_seconds=5, near_cache=NearCache(60))
+    first = cache.get("ETH-EUR")
+    redis_client.flushall()
+    again = cache.get("ETH-EUR")
+    assert again.outcome is Outcome.HIT
+    assert again.prediction == first.prediction
+
+
+def test_without_near_cache_every_read_goes_to_redis(
+    store: PredictionStore,
+    predictor: Predictor,
+    redis_client: fakeredis.FakeRedis,
+    model: CountingModel,
+) -> None:
+    cache = _cache(store, predictor)
+    cache.get("ETH-EUR")
+    redis_client.flushall()
+    assert cache.get("ETH-EUR").outcome is Outcome.MISS
+    assert model.calls == ["ETH-EUR", "ETH-EUR"]
+
+
+def test_near_copies_expire_even_when_read_all_the_time(
+    store: PredictionStore, predictor: Predictor, redis_client: fakeredis.FakeRedis
+) -> None:
+    mono = [0.0]
+    near = NearCache(0.25, monotonic=lambda: mono[0])
+    cache = PredictionCache(store, predictor, compute_timeout_seconds=5, near_cache=near)
+    cache.get("ETH-EUR")
+    redis_client.flushall()
+    for _ in range(2):  # hits at 0.1 s, 0.2 s: served from the copy taken at 0
+        mono[0] += 0.1
+        assert cache.get("ETH-EUR").outcome is Outcome.HIT
+    # 0.3 s: the copy is too old, however often it was read; Redis has nothing.
+    mono[0] += 0.1
+    assert cache.get("ETH-EUR").outcome is Outcome.MISS

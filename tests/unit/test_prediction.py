@@ -20,7 +20,10 @@ GOOD = Prediction(
 
 
 def test_round_trip_is_exact() -> None:
-    assert Prediction.from_json(GOOD.to_json(), "ETH-EUR") == GOOD
+    decoded = Prediction.from_json(GOOD.to_json(), "ETH-EUR")
+    assert decoded == GOOD
+    # Served as read: the same bytes, with no second encoding.
+    assert decoded.to_json() is decoded.body
 
 
 def test_json_is_compact_with_iso_utc_times() -> None:

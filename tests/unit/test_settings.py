@@ -53,6 +53,8 @@ def test_values_are_coerced_and_pairs_canonicalised() -> None:
         ("MARKET_DATA", "kraken"),
         ("API_BIND", "8000"),
         ("API_WORKERS", "0"),
+        ("NEAR_CACHE_SECONDS", "1"),
+        ("NEAR_CACHE_SECONDS", "-0.1"),
         ("LOG_LEVEL", "chatty"),
     ],
 )

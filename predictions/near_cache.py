@@ -1,0 +1,47 @@
+"""NearCache: a per-process copy of recently read predictions, for a fraction of a second.
+
+Under load the same few pairs are read thousands of times a second; each read from
+Redis is a network round trip. Serving repeats from process memory for at most
+``max_age_seconds`` (and never past the prediction's own expires_at) makes a hit cost a
+dict lookup, at the price of answering with a prediction up to max_age older than the
+newest one in Redis. Only configured pairs ever reach it, so it is bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from predictions.prediction import Prediction
+
+
+class NearCache:
+    def __init__(
+        self,
+        max_age_seconds: float,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_age = max_age_seconds
+        self.clock = clock
+        self.monotonic = monotonic
+        # pair -> (prediction, monotonic deadline); dict operations are atomic under the
+        # GIL, so gunicorn's threads share it without a lock.
+        self._entries: dict[str, tuple[Prediction, float]] = {}
+
+    def get(self, pair: str) -> Prediction | None:
+        """The pair's prediction if it was read less than max_age ago and is unexpired."""
+        entry = self._entries.get(pair)
+        if entry is None:
+            return None
+        prediction, deadline = entry
+        if self.monotonic() < deadline and self.clock() < prediction.expires_at:
+            return prediction
+        return None
+
+    def put(self, prediction: Prediction) -> None:
+        if self.max_age > 0:
+            self._entries[prediction.pair] = (prediction, self.monotonic() + self.max_age)
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import dataclasses
+
+from predictions.near_cache import NearCache
+from predictions.prediction import Prediction
+
+PREDICTION = Prediction(
+    pair="ETH-EUR",
+    predicted_price=2890.5,
+    horizon_seconds=300,
+    computed_at=1_000.0,
+    expires_at=1_060.0,
+    model_version="m-1",
+    data_source="synthetic",
+    compute_seconds=1.0,
+)
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_entry_lives_at_most_max_age() -> None:
+    wall, mono = Clock(1_010.0), Clock(50.0)
+    near = NearCache(0.25, clock=wall, monotonic=mono)
+    near.put(PREDICTION)
+    assert near.get("ETH-EUR") is PREDICTION
+    mono.now += 0.24
+    assert near.get("ETH-EUR") is PREDICTION
+    mono.now += 0.02
+    assert near.get("ETH-EUR") is None
+
+
+def test_an_entry_never_outlives_its_prediction() -> None:
+    wall, mono = Clock(1_059.9), Clock(50.0)
+    near = NearCache(0.5, clock=wall, monotonic=mono)
+    near.put(PREDICTION)
+    assert near.get("ETH-EUR") is PREDICTION
+    wall.now = 1_060.0
+    assert near.get("ETH-EUR") is None
+
+
+def test_a_newer_put_replaces_and_pairs_are_separate() -> None:
+    near = NearCache(0.5, clock=Clock(1_010.0), monotonic=Clock(0.0))
+    newer = dataclasses.replace(PREDICTION, computed_at=1_005.0, expires_at=1_065.0)
+    near.put(PREDICTION)
+    near.put(newer)
+    assert near.get("ETH-EUR") is newer
+    assert near.get("BTC-EUR") is None
+
+
+def test_zero_max_age_disables_it() -> None:
+    near = NearCache(0, clock=Clock(1_010.0), monotonic=Clock(0.0))
+    near.put(PREDICTION)
+    assert near.get("ETH-EUR") is None
