@@ -7,7 +7,8 @@ from flask import Flask
 
 from api.errors import register_error_handlers
 from api.views import bp
-from predictions.cache import PredictionCache
+from predictions.cache import Limits, PredictionCache
+from predictions.circuit import CircuitBreaker
 from predictions.near_cache import NearCache
 from predictions.predictor import Predictor
 from predictions.redis_client import make_redis
@@ -35,8 +36,15 @@ def create_app(
     app.extensions["prediction_cache"] = PredictionCache(
         store,
         predictor or Predictor.from_settings(settings),
-        compute_timeout_seconds=settings.compute_timeout_seconds,
+        Limits(
+            compute_timeout_seconds=settings.compute_timeout_seconds,
+            max_concurrent_computes=settings.max_concurrent_computes,
+            # Half the threads may wait on misses: the other half always serve hits.
+            max_waiting=max(1, settings.api_threads // 2),
+            stale_grace_seconds=settings.stale_grace_seconds,
+        ),
         near_cache=NearCache(settings.near_cache_seconds),
+        breaker=CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_open_seconds),
     )
     app.register_blueprint(bp)
     register_error_handlers(app)

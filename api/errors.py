@@ -24,8 +24,7 @@ from werkzeug.exceptions import (
 )
 from werkzeug.wrappers import Response
 
-from predictions.cache import ComputeTimeout
-from predictions.predictor import PredictionFailed
+from predictions.cache import Unavailable as PredictionUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +67,9 @@ def render_redis_error(error: redis.RedisError) -> Response:
     )
 
 
-def render_compute_timeout(error: ComputeTimeout) -> Response:
-    log.warning("%s", error)
-    return render_http_error(Unavailable(str(error), "compute_timeout"))
-
-
-def render_prediction_failed(error: PredictionFailed) -> Response:
-    return render_http_error(Unavailable(str(error), "prediction_failed"))
+def render_unavailable(error: PredictionUnavailable) -> Response:
+    log.warning("unavailable: %s", error)
+    return render_http_error(Unavailable(str(error), error.code))
 
 
 def render_unexpected(error: Exception) -> Response:
@@ -85,8 +80,7 @@ def render_unexpected(error: Exception) -> Response:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(redis.RedisError, render_redis_error)
-    app.register_error_handler(ComputeTimeout, render_compute_timeout)
-    app.register_error_handler(PredictionFailed, render_prediction_failed)
+    app.register_error_handler(PredictionUnavailable, render_unavailable)
     app.register_error_handler(Exception, render_unexpected)
 
 

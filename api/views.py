@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app
 
 from api.errors import InvalidPair, Unavailable, UnknownPair
 from predictions import keys
-from predictions.cache import PredictionCache
+from predictions.cache import Outcome, PredictionCache
 from predictions.settings import Settings
 
 bp = Blueprint("predictions", __name__)
@@ -47,7 +47,11 @@ def configured_pair(text: str) -> str:
 def predict(pair: str) -> Response:
     started = time.perf_counter()
     lookup = _cache().get(configured_pair(pair))
-    response = Response(lookup.prediction.to_json(), mimetype="application/json")
+    if lookup.outcome is Outcome.STALE:
+        body = orjson.dumps(lookup.prediction.to_dict() | {"stale": True})
+    else:
+        body = lookup.prediction.to_json()
+    response = Response(body, mimetype="application/json")
     response.headers["X-Cache"] = lookup.outcome.value
     # The time spent in the API on this answer, apart from HTTP and the network, which
     # a client's clock includes (W3C Server Timing).

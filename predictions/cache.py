@@ -3,38 +3,82 @@
 However many requests miss the same pair at the same moment (threads, gunicorn
 workers, hosts), one takes the pair's lock in Redis and computes; the others poll the
 store until the result lands, the lock's owner gives up, or their deadline passes.
+
+Everything that can fail is bounded: a process computes at most
+``max_concurrent_computes`` predictions at once and lets at most ``max_waiting`` requests
+wait on misses, so that hits on other pairs always find a free thread; a Redis that
+keeps failing is skipped for a while (CircuitBreaker). When no fresh prediction can be
+had, the last one this process saw is served, marked stale, if it expired less than
+``stale_grace_seconds`` ago; otherwise the caller gets an Unavailable error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
+import threading
 import time
 from collections.abc import Callable
 
 import redis
 from redis.exceptions import LockError
 
+from predictions.circuit import CircuitBreaker
 from predictions.keys import compute_lock_key
 from predictions.near_cache import NearCache
 from predictions.prediction import Prediction
-from predictions.predictor import Predictor
+from predictions.predictor import PredictionFailed, Predictor
 from predictions.store import PredictionStore
+
+log = logging.getLogger(__name__)
+
+# Redis is unreachable or frozen: what the circuit breaker counts.
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 class Outcome(enum.StrEnum):
-    HIT = "HIT"  # served from Redis
+    HIT = "HIT"  # a fresh prediction from the cache
     MISS = "MISS"  # computed for this request, or waited for a running computation
+    STALE = "STALE"  # past its freshness, served because no fresh one could be had
 
 
-class ComputeTimeout(RuntimeError):
-    """Nobody produced the pair's prediction within the compute timeout."""
+class Unavailable(RuntimeError):
+    """No prediction can be served now; the client should retry shortly."""
+
+    code = "unavailable"
+
+
+class CacheUnavailable(Unavailable):
+    code = "cache_unavailable"
+
+
+class ComputeTimeout(Unavailable):
+    code = "compute_timeout"
+
+
+class Overloaded(Unavailable):
+    code = "overloaded"
+
+
+class ComputeFailed(Unavailable):
+    code = "prediction_failed"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Lookup:
     prediction: Prediction
     outcome: Outcome
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """How long and how much a process may spend on misses."""
+
+    compute_timeout_seconds: float = 10.0
+    max_concurrent_computes: int = 2
+    max_waiting: int = 4
+    stale_grace_seconds: float = 60.0
 
 
 class PredictionCache:
@@ -44,48 +88,71 @@ class PredictionCache:
         self,
         store: PredictionStore,
         predictor: Predictor,
-        compute_timeout_seconds: float,
+        limits: Limits | None = None,
         near_cache: NearCache | None = None,
+        breaker: CircuitBreaker | None = None,
         poll_interval_seconds: float = 0.02,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.predictor = predictor
+        self.limits = limits or Limits()
         self.near = near_cache or NearCache(0)
-        self.compute_timeout = compute_timeout_seconds
+        self.breaker = breaker or CircuitBreaker(threshold=3, open_seconds=1.0)
         self.poll_interval = poll_interval_seconds
         self.clock = clock
+        self._computing = threading.BoundedSemaphore(self.limits.max_concurrent_computes)
+        self._waiting = threading.BoundedSemaphore(self.limits.max_waiting)
 
     def get(self, pair: str) -> Lookup:
-        """The pair's prediction: from Redis if there, else computed once and stored."""
+        """The pair's prediction: fresh if at all possible, else stale within grace."""
         prediction = self.near.get(pair)
         if prediction is not None:
             return Lookup(prediction, Outcome.HIT)
+        if not self.breaker.allow():
+            return self._stale_or_raise(pair, CacheUnavailable("Redis is failing; not tried"))
+        try:
+            lookup = self._read_through(pair)
+        except REDIS_DOWN as exc:
+            self.breaker.record_failure()
+            log.warning("redis unavailable pair=%s error=%r", pair, exc)
+            return self._stale_or_raise(
+                pair, CacheUnavailable("the prediction cache is unreachable")
+            )
+        except Unavailable as exc:
+            self.breaker.record_success()  # Redis answered; the miss path gave up
+            return self._stale_or_raise(pair, exc)
+        except BaseException:
+            self.breaker.record_success()
+            raise
+        self.breaker.record_success()
+        self.near.put(lookup.prediction)
+        return lookup
+
+    def _read_through(self, pair: str) -> Lookup:
         prediction = self.store.read(pair)
         if prediction is not None:
-            self.near.put(prediction)
             return Lookup(prediction, Outcome.HIT)
-        prediction = self._compute_once(pair)
-        self.near.put(prediction)
-        return Lookup(prediction, Outcome.MISS)
+        if not self._waiting.acquire(blocking=False):
+            raise Overloaded(f"{pair}: too many requests are already waiting for predictions")
+        try:
+            return Lookup(self._compute_once(pair), Outcome.MISS)
+        finally:
+            self._waiting.release()
 
     def _compute_once(self, pair: str) -> Prediction:
         lock = self.store.redis.lock(
             compute_lock_key(pair),
             # The lock outlives a computation that hangs by at most this long.
-            timeout=self.compute_timeout,
+            timeout=self.limits.compute_timeout_seconds,
             thread_local=False,
         )
-        deadline = time.monotonic() + self.compute_timeout
+        deadline = time.monotonic() + self.limits.compute_timeout_seconds
         while True:
             if lock.acquire(blocking=False):
                 try:
                     # Someone may have stored it between our read and our lock.
-                    prediction = self.store.read(pair)
-                    if prediction is None:
-                        prediction = self.predictor.compute(pair)
-                        self.store.write(prediction, self.clock())
-                    return prediction
+                    return self.store.read(pair) or self._compute_and_store(pair)
                 finally:
                     _release(lock)
             time.sleep(self.poll_interval)
@@ -93,7 +160,38 @@ class PredictionCache:
             if prediction is not None:
                 return prediction
             if time.monotonic() >= deadline:
-                raise ComputeTimeout(f"{pair}: no prediction within {self.compute_timeout:g} s")
+                raise ComputeTimeout(
+                    f"{pair}: no prediction within {self.limits.compute_timeout_seconds:g} s"
+                )
+
+    def _compute_and_store(self, pair: str) -> Prediction:
+        if not self._computing.acquire(blocking=False):
+            raise Overloaded(f"{pair}: this process is computing as many predictions as it may")
+        try:
+            try:
+                prediction = self.predictor.compute(pair)
+            except PredictionFailed as exc:
+                raise ComputeFailed(str(exc)) from exc
+        finally:
+            self._computing.release()
+        try:
+            self.store.write(prediction, self.clock())
+        except REDIS_DOWN as exc:
+            # The answer is good; only caching it failed. Serve it rather than waste it.
+            log.warning("could not store prediction pair=%s error=%r", pair, exc)
+        return prediction
+
+    def _stale_or_raise(self, pair: str, error: Unavailable) -> Lookup:
+        """The last prediction seen, if within its grace period; never one past it."""
+        prediction = self.near.last_known(pair)
+        if prediction is not None:
+            expired_for = self.clock() - prediction.expires_at
+            if expired_for < self.limits.stale_grace_seconds:
+                # It may even be unexpired (only the near copy's age ran out): it is
+                # still marked stale, as it could not be checked against Redis.
+                log.info("serving stale pair=%s reason=%s", pair, error.code)
+                return Lookup(prediction, Outcome.STALE)
+        raise error
 
 
 def _release(lock: redis.lock.Lock) -> None:

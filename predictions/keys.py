@@ -41,3 +41,8 @@ def prediction_key(pair: str) -> str:
 def compute_lock_key(pair: str) -> str:
     """The lock taken by whoever computes a pair's prediction, so only one does."""
     return f"{PREFIX}:lock:compute:{pair}"
+
+
+def refresh_slot_key(slot: int) -> str:
+    """Claimed by the one refresh that runs in refresh interval number ``slot``."""
+    return f"{PREFIX}:refresh-slot:{slot}"

@@ -1,10 +1,14 @@
-"""NearCache: a per-process copy of recently read predictions, for a fraction of a second.
+"""NearCache: a per-process copy of the predictions this process last saw.
 
 Under load the same few pairs are read thousands of times a second; each read from
 Redis is a network round trip. Serving repeats from process memory for at most
 ``max_age_seconds`` (and never past the prediction's own expires_at) makes a hit cost a
 dict lookup, at the price of answering with a prediction up to max_age older than the
-newest one in Redis. Only configured pairs ever reach it, so it is bounded.
+newest one in Redis.
+
+The copy is also the last-known-good prediction: when Redis or the model fails, the
+caller may serve it, marked stale, within its grace period. Only configured pairs ever
+reach it, so it is bounded.
 """
 
 from __future__ import annotations
@@ -39,9 +43,15 @@ class NearCache:
             return prediction
         return None
 
-    def put(self, prediction: Prediction) -> None:
-        if self.max_age > 0:
-            self._entries[prediction.pair] = (prediction, self.monotonic() + self.max_age)
+    def last_known(self, pair: str) -> Prediction | None:
+        """The newest prediction this process saw for the pair, however old."""
+        entry = self._entries.get(pair)
+        return entry[0] if entry else None
 
-    def clear(self) -> None:
-        self._entries.clear()
+    def put(self, prediction: Prediction) -> None:
+        current = self._entries.get(prediction.pair)
+        if current is not None and current[0].computed_at > prediction.computed_at:
+            # Never replace a newer copy with an older one (a slow reader racing a
+            # refresh); but do restart the clock: Redis was just read.
+            prediction = current[0]
+        self._entries[prediction.pair] = (prediction, self.monotonic() + self.max_age)

@@ -50,6 +50,15 @@ class Settings:
     # How long an API process may answer from its own copy of a prediction read from
     # Redis (never past the prediction's expiry); 0 reads Redis on every request.
     near_cache_seconds: float = 0.25
+    # Model computations one API process runs at once; a miss beyond that is a 503.
+    max_concurrent_computes: int = 2
+    # How long past its expiry a prediction may still be served, marked stale, when
+    # no fresh one can be had (Redis down, the model failing).
+    stale_grace_seconds: float = 60.0
+    # Consecutive Redis failures after which an API process stops trying Redis for
+    # CIRCUIT_OPEN_SECONDS, so that a frozen Redis costs one timeout per interval.
+    circuit_failure_threshold: int = 3
+    circuit_open_seconds: float = 1.0
     redis_socket_timeout_seconds: float = 0.3
     redis_connect_timeout_seconds: float = 0.3
     redis_max_connections: int = 32
@@ -113,6 +122,10 @@ class Settings:
         read("market_data", _choice(MARKET_DATA_SOURCES))
         read("compute_timeout_seconds", _positive_float)
         read("near_cache_seconds", _non_negative_float)
+        read("max_concurrent_computes", _positive_int)
+        read("stale_grace_seconds", _non_negative_float)
+        read("circuit_failure_threshold", _positive_int)
+        read("circuit_open_seconds", _positive_float)
         read("redis_socket_timeout_seconds", _positive_float)
         read("redis_connect_timeout_seconds", _positive_float)
         read("redis_max_connections", _positive_int)

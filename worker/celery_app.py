@@ -44,7 +44,10 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # False on purpose: with True, a broker connection lost while a late-acked task
+        # runs crashes the worker's consumer for good (celery/celery#9250, seen here on
+        # Redis restarts). A refresh is idempotent, so letting it finish is harmless.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_soft_time_limit=soft_limit,
         task_time_limit=hard_limit,
         worker_concurrency=settings.worker_concurrency,

@@ -8,7 +8,10 @@ import math
 import time
 from collections.abc import Sequence
 
-from predictions.keys import InvalidPair, canonical_pair
+import redis
+
+from predictions.keys import InvalidPair, canonical_pair, refresh_slot_key
+from predictions.locks import acquire_many, release_many
 from predictions.prediction import Prediction
 from predictions.predictor import PredictionFailed, Predictor
 from predictions.redis_client import make_redis
@@ -45,33 +48,71 @@ def batches(pairs: Sequence[str], batch_size: int, min_batches: int) -> list[tup
     return [tuple(pairs[i : i + size]) for i in range(0, len(pairs), size)]
 
 
-def refresh_pairs(pairs: Sequence[str], resources: RefreshResources) -> int:
-    """Compute each pair and store them all in one round trip.
+def claim_refresh_slot(client: redis.Redis, interval_seconds: float, now: float) -> bool:
+    """Claim this refresh interval for the caller; False if a refresh already has it.
 
-    A pair whose model fails is logged and skipped: its previous prediction stays
-    until it expires, and the other pairs are still refreshed. A task message may
-    carry anything, so pairs that are not configured are ignored.
+    Intervals are counted from the Unix epoch, so every beat (even two started by
+    mistake, out of phase) agrees on them: one fan-out per interval, whoever sends it.
+    """
+    slot = int(now // interval_seconds)
+    # Kept for two intervals: long enough to outlive the slot, then gone on its own.
+    ttl_ms = max(1, int(2 * interval_seconds * 1000))
+    return bool(client.set(refresh_slot_key(slot), b"1", nx=True, px=ttl_ms))
+
+
+def refresh_pairs(
+    pairs: Sequence[str], resources: RefreshResources, compute_timeout_seconds: float = 10.0
+) -> int:
+    """Compute each pair and store the results, a group at a time.
+
+    A pair whose compute lock is held (an API request or another refresh is computing
+    it) is skipped: its prediction is on its way. A pair whose model fails is logged
+    and skipped: its previous prediction stays until it expires, and the other pairs
+    are still refreshed. A task message may carry anything, so pairs that are not
+    configured are ignored.
     """
     started = time.perf_counter()
-    computed: list[Prediction] = []
+    wanted = _configured(pairs, resources.pairs)
+    client = resources.store.redis
+    # Locks are taken a group at a time, sized so that computing a group takes about
+    # half the lock's lifetime: no lock expires while its pair is being computed.
+    per_pair = resources.predictor.simulated_latency_seconds + 0.005
+    group_size = max(1, int(compute_timeout_seconds / 2 / per_pair))
+    written = failed = skipped = 0
+    for first in range(0, len(wanted), group_size):
+        group = wanted[first : first + group_size]
+        tokens = acquire_many(client, group, compute_timeout_seconds)
+        skipped += len(group) - len(tokens)
+        try:
+            computed: list[Prediction] = []
+            for pair in tokens:
+                try:
+                    computed.append(resources.predictor.compute(pair))
+                except PredictionFailed:
+                    failed += 1  # already logged with the pair
+            written += resources.store.write_many(computed, time.time())
+        finally:
+            release_many(client, tokens)
+    log.info(
+        "refreshed pairs=%d written=%d failed=%d skipped=%d seconds=%.3f",
+        len(pairs),
+        written,
+        failed,
+        skipped,
+        time.perf_counter() - started,
+    )
+    return written
+
+
+def _configured(pairs: Sequence[str], configured: frozenset[str]) -> list[str]:
+    wanted: list[str] = []
     for text in pairs:
         try:
             pair = canonical_pair(str(text))
         except InvalidPair:
             pair = ""
-        if pair not in resources.pairs:
+        if pair not in configured:
             log.warning("ignoring a refresh of an unconfigured pair %r", str(text)[:40])
-            continue
-        try:
-            computed.append(resources.predictor.compute(pair))
-        except PredictionFailed:
-            continue  # already logged with the pair
-    written = resources.store.write_many(computed, time.time())
-    log.info(
-        "refreshed pairs=%d written=%d failed=%d seconds=%.3f",
-        len(pairs),
-        written,
-        len(pairs) - len(computed),
-        time.perf_counter() - started,
-    )
-    return written
+        elif pair not in wanted:
+            wanted.append(pair)
+    return wanted

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from functools import cached_property
 
 import redis
 from celery import Task, shared_task
 
-from worker.refresh import RefreshResources, batches, refresh_pairs
+from worker.refresh import RefreshResources, batches, claim_refresh_slot, refresh_pairs
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,10 @@ class RefreshTask(Task):  # type: ignore[misc]
 def refresh_all_predictions(self: RefreshTask) -> int:
     """Fan out: one refresh_predictions task per batch of configured pairs."""
     settings = self.app.settings
+    interval = settings.refresh_interval_seconds
+    if not claim_refresh_slot(self.resources.store.redis, interval, time.time()):
+        log.warning("refresh skipped: this interval was already refreshed (two beats?)")
+        return 0
     chunks = batches(settings.pairs, settings.refresh_batch_size, settings.worker_concurrency)
     for chunk in chunks:
         # Same expiry as the beat entry: a batch not started by the next tick is dropped.
@@ -47,4 +52,4 @@ def refresh_all_predictions(self: RefreshTask) -> int:
 )
 def refresh_predictions(self: RefreshTask, pairs: list[str]) -> int:
     """Recompute and store the given pairs; returns how many were written."""
-    return refresh_pairs(pairs, self.resources)
+    return refresh_pairs(pairs, self.resources, self.app.settings.compute_timeout_seconds)

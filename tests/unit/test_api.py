@@ -184,3 +184,16 @@ def test_no_path_segment_or_query_makes_a_5xx_or_writes_a_key(
     else:
         assert response.status_code == 200
         assert response.get_json()["pair"] in {"ETH-EUR", "BTC-EUR", "ETH-USD", "BTC-USD"}
+
+
+def test_a_stale_answer_says_so(settings: Settings, predictor: Predictor) -> None:
+    dead = dataclasses.replace(
+        settings, redis_url=f"redis://127.0.0.1:{_closed_port()}/0", near_cache_seconds=0
+    )
+    app = create_app(dead, make_redis(dead, client_name="test"), predictor)
+    app.extensions["prediction_cache"].near.put(predictor.compute("ETH-EUR"))
+    response = app.test_client().get("/predict/ETH-EUR")
+    assert response.status_code == 200
+    assert response.headers["X-Cache"] == "STALE"
+    body = response.get_json()
+    assert body["stale"] is True and body["pair"] == "ETH-EUR"

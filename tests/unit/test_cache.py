@@ -6,20 +6,62 @@ from concurrent.futures import ThreadPoolExecutor
 
 import fakeredis
 import pytest
+import redis
 
-from predictions.cache import ComputeTimeout, Outcome, PredictionCache
+from predictions.cache import (
+    CacheUnavailable,
+    ComputeFailed,
+    ComputeTimeout,
+    Limits,
+    Outcome,
+    Overloaded,
+    PredictionCache,
+)
+from predictions.circuit import CircuitBreaker
 from predictions.keys import compute_lock_key
 from predictions.market_data import SyntheticMarketData
 from predictions.near_cache import NearCache
-from predictions.predictor import PredictionFailed, Predictor
+from predictions.predictor import Predictor
 from predictions.store import PredictionStore
 from tests.support import CountingModel, FailingModel
 
 
-def _cache(store: PredictionStore, predictor: Predictor, timeout: float = 5.0) -> PredictionCache:
+def _cache(
+    store: PredictionStore, predictor: Predictor, near: float = 0, **limits: float
+) -> PredictionCache:
     return PredictionCache(
-        store, predictor, compute_timeout_seconds=timeout, poll_interval_seconds=0.005
+        store,
+        predictor,
+        Limits(**{"compute_timeout_seconds": 5, "max_waiting": 50, **limits}),  # type: ignore[arg-type]
+        near_cache=NearCache(near),
+        poll_interval_seconds=0.005,
     )
+
+
+def _slow(model: CountingModel, seconds: float) -> threading.Event:
+    """Make the model take a while, so that concurrent requests overlap."""
+    started = threading.Event()
+    original = model.predict
+
+    def slow_predict(*args: object) -> float:
+        started.set()
+        time.sleep(seconds)
+        return original(*args)  # type: ignore[arg-type]
+
+    model.predict = slow_predict  # type: ignore[method-assign]
+    return started
+
+
+class DeadRedisStore(PredictionStore):
+    """A store whose Redis refuses every connection, counting the attempts."""
+
+    def __init__(self) -> None:
+        super().__init__(fakeredis.FakeRedis())
+        self.attempts = 0
+
+    def read(self, pair: str):  # type: ignore[no-untyped-def]
+        self.attempts += 1
+        raise redis.ConnectionError("refused")
 
 
 def test_a_miss_computes_and_stores_then_hits(
@@ -36,16 +78,7 @@ def test_a_miss_computes_and_stores_then_hits(
 def test_concurrent_misses_compute_once(
     store: PredictionStore, predictor: Predictor, model: CountingModel
 ) -> None:
-    # A slow model keeps the lock held while the other threads arrive.
-    started = threading.Event()
-    original = model.predict
-
-    def slow_predict(*args: object) -> float:
-        started.set()
-        time.sleep(0.2)
-        return original(*args)  # type: ignore[arg-type]
-
-    model.predict = slow_predict  # type: ignore[method-assign]
+    started = _slow(model, 0.2)
     cache = _cache(store, predictor)
     with ThreadPoolExecutor(max_workers=20) as pool:
         lookups = list(pool.map(lambda _: cache.get("BTC-EUR"), range(20)))
@@ -60,7 +93,7 @@ def test_a_waiter_gives_up_at_the_deadline(
     # Someone else holds the lock and never delivers.
     redis_client.set(compute_lock_key("ETH-EUR"), "other-token", px=60_000)
     with pytest.raises(ComputeTimeout):
-        _cache(store, predictor, timeout=0.1).get("ETH-EUR")
+        _cache(store, predictor, compute_timeout_seconds=0.1).get("ETH-EUR")
 
 
 def test_a_dead_owner_lock_expires_and_a_waiter_computes(
@@ -70,7 +103,7 @@ def test_a_dead_owner_lock_expires_and_a_waiter_computes(
     model: CountingModel,
 ) -> None:
     redis_client.set(compute_lock_key("ETH-EUR"), "crashed-owner", px=100)
-    lookup = _cache(store, predictor, timeout=2).get("ETH-EUR")
+    lookup = _cache(store, predictor, compute_timeout_seconds=2).get("ETH-EUR")
     assert lookup.outcome is Outcome.MISS
     assert model.calls == ["ETH-EUR"]
 
@@ -81,15 +114,57 @@ def test_a_failed_computation_releases_the_lock_and_writes_nothing(
     predictor = Predictor(
         FailingModel(), SyntheticMarketData(), horizon_seconds=300, ttl_seconds=30
     )
-    with pytest.raises(PredictionFailed):
+    with pytest.raises(ComputeFailed):
         _cache(store, predictor).get("ETH-EUR")
     assert redis_client.keys("*") == []
+
+
+def test_computations_beyond_the_bound_are_refused_at_once(
+    store: PredictionStore, predictor: Predictor, model: CountingModel
+) -> None:
+    _slow(model, 0.5)
+    cache = _cache(store, predictor, max_concurrent_computes=2)
+    pairs = ["ETH-EUR", "BTC-EUR", "ETH-USD", "BTC-USD"]
+
+    def timed(pair: str) -> tuple[str, float]:
+        started = time.perf_counter()
+        try:
+            cache.get(pair)
+            outcome = "ok"
+        except Overloaded:
+            outcome = "overloaded"
+        return outcome, time.perf_counter() - started
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(timed, pairs))
+    assert sorted(outcome for outcome, _ in results) == ["ok", "ok", "overloaded", "overloaded"]
+    assert all(seconds < 0.3 for outcome, seconds in results if outcome == "overloaded")
+    assert len(model.calls) == 2
+
+
+def test_waiting_requests_are_bounded_too(
+    store: PredictionStore, predictor: Predictor, model: CountingModel
+) -> None:
+    _slow(model, 0.3)
+    cache = _cache(store, predictor, max_waiting=3)
+
+    def outcome(_: int) -> str:
+        try:
+            return cache.get("ETH-EUR").outcome.value
+        except Overloaded:
+            return "overloaded"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(outcome, range(8)))
+    assert outcomes.count("MISS") == 3
+    assert outcomes.count("overloaded") == 5
+    assert model.calls == ["ETH-EUR"]
 
 
 def test_near_cache_serves_repeats_without_redis(
     store: PredictionStore, predictor: Predictor, redis_client: fakeredis.FakeRedis
 ) -> None:
-    cache = PredictionCache(store, predictor, compute_timeout_seconds=5, near_cache=NearCache(60))
+    cache = _cache(store, predictor, near=60)
     first = cache.get("ETH-EUR")
     redis_client.flushall()
     again = cache.get("ETH-EUR")
@@ -115,7 +190,7 @@ def test_near_copies_expire_even_when_read_all_the_time(
 ) -> None:
     mono = [0.0]
     near = NearCache(0.25, monotonic=lambda: mono[0])
-    cache = PredictionCache(store, predictor, compute_timeout_seconds=5, near_cache=near)
+    cache = PredictionCache(store, predictor, Limits(), near_cache=near)
     cache.get("ETH-EUR")
     redis_client.flushall()
     for _ in range(2):  # hits at 0.1 s, 0.2 s: served from the copy taken at 0
@@ -124,3 +199,54 @@ def test_near_copies_expire_even_when_read_all_the_time(
     # 0.3 s: the copy is too old, however often it was read; Redis has nothing.
     mono[0] += 0.1
     assert cache.get("ETH-EUR").outcome is Outcome.MISS
+
+
+def test_redis_down_serves_the_last_known_prediction_marked_stale(predictor: Predictor) -> None:
+    dead = DeadRedisStore()
+    now = [time.time()]
+    cache = PredictionCache(
+        dead,
+        predictor,
+        Limits(stale_grace_seconds=60),
+        near_cache=NearCache(0),
+        clock=lambda: now[0],
+    )
+    with pytest.raises(CacheUnavailable):
+        cache.get("ETH-EUR")  # nothing known yet
+    known = predictor.compute("ETH-EUR")
+    cache.near.put(known)
+    assert cache.get("ETH-EUR") == cache.get("ETH-EUR")
+    assert cache.get("ETH-EUR").outcome is Outcome.STALE
+    now[0] = known.expires_at + 59
+    assert cache.get("ETH-EUR").outcome is Outcome.STALE
+    now[0] = known.expires_at + 60  # past the grace: never served
+    with pytest.raises(CacheUnavailable):
+        cache.get("ETH-EUR")
+
+
+def test_a_failing_model_falls_back_to_stale_within_grace(
+    store: PredictionStore, redis_client: fakeredis.FakeRedis
+) -> None:
+    predictor = Predictor(
+        FailingModel(), SyntheticMarketData(), horizon_seconds=300, ttl_seconds=30
+    )
+    cache = _cache(store, predictor, stale_grace_seconds=60)
+    good = Predictor(CountingModel(), SyntheticMarketData(), 300, 30).compute("ETH-EUR")
+    cache.near.put(good)  # seen earlier, now expired from Redis
+    assert cache.get("ETH-EUR").outcome is Outcome.STALE
+    assert redis_client.keys("*") == []
+
+
+def test_the_breaker_stops_trying_a_failing_redis(predictor: Predictor) -> None:
+    dead = DeadRedisStore()
+    mono = [0.0]
+    breaker = CircuitBreaker(threshold=3, open_seconds=1.0, monotonic=lambda: mono[0])
+    cache = PredictionCache(dead, predictor, Limits(), breaker=breaker)
+    for _ in range(10):
+        with pytest.raises(CacheUnavailable):
+            cache.get("ETH-EUR")
+    assert dead.attempts == 3
+    mono[0] = 1.5  # open interval over: one trial
+    with pytest.raises(CacheUnavailable):
+        cache.get("ETH-EUR")
+    assert dead.attempts == 4

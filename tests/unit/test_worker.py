@@ -6,14 +6,14 @@ import fakeredis
 import pytest
 
 from beat_schedule import REFRESH_ALL_TASK, build_schedule
-from predictions.keys import prediction_key
+from predictions.keys import compute_lock_key, prediction_key, refresh_slot_key
 from predictions.market_data import SyntheticMarketData
 from predictions.predictor import Predictor
 from predictions.settings import Settings
 from predictions.store import PredictionStore
 from tests.support import CountingModel
 from worker.celery_app import create_celery
-from worker.refresh import RefreshResources, batches, refresh_pairs
+from worker.refresh import RefreshResources, batches, claim_refresh_slot, refresh_pairs
 
 
 @pytest.fixture
@@ -105,3 +105,40 @@ def test_warm_start_scheduler_is_due_at_once() -> None:
     is_due, _ = entry.is_due()
     assert is_due
     assert time.time() - entry.last_run_at.timestamp() > 20
+
+
+def test_a_refresh_skips_a_pair_someone_is_computing(
+    resources: RefreshResources, redis_client: fakeredis.FakeRedis, model: CountingModel
+) -> None:
+    redis_client.set(compute_lock_key("ETH-EUR"), b"api-request-token", px=10_000)
+    assert refresh_pairs(["ETH-EUR", "BTC-EUR"], resources) == 1
+    assert model.calls == ["BTC-EUR"]
+    # The other holder's lock is untouched; the refresh's own locks are released.
+    assert redis_client.get(compute_lock_key("ETH-EUR")) == b"api-request-token"
+    assert not redis_client.exists(compute_lock_key("BTC-EUR"))
+
+
+def test_locks_are_taken_in_groups_that_fit_the_lock_lifetime(
+    store: PredictionStore, settings: Settings, redis_client: fakeredis.FakeRedis
+) -> None:
+    slept: list[float] = []
+    predictor = Predictor(CountingModel(), SyntheticMarketData(), 300, 30, 1.0, sleep=slept.append)
+    held: list[int] = []
+    original = predictor.compute
+
+    def compute(pair: str):  # type: ignore[no-untyped-def]
+        held.append(len(redis_client.keys("pc:lock:*")))
+        return original(pair)
+
+    predictor.compute = compute  # type: ignore[method-assign]
+    resources = RefreshResources(frozenset(settings.pairs), predictor, store)
+    assert refresh_pairs(list(settings.pairs), resources, compute_timeout_seconds=4) == 4
+    # 1 s a pair and a 4 s lock: groups of one, so no lock outlives half its life.
+    assert held == [1, 1, 1, 1]
+
+
+def test_one_refresh_per_interval_whoever_asks(redis_client: fakeredis.FakeRedis) -> None:
+    assert claim_refresh_slot(redis_client, 20, now=1_000.0)
+    assert not claim_refresh_slot(redis_client, 20, now=1_019.9)  # a second beat
+    assert claim_refresh_slot(redis_client, 20, now=1_020.0)  # the next interval
+    assert 0 < redis_client.pttl(refresh_slot_key(51)) <= 40_000

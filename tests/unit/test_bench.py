@@ -1,0 +1,238 @@
+"""The benchmark's machinery (scripts/bench/): reading wrk, judging, reporting.
+
+Nothing here starts a server or loads anything heavy; the one test that runs wrk does
+so for a second against a stub on loopback, and is skipped where wrk is not installed.
+"""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scripts.bench import wrk
+from scripts.bench.judge import FALL_SHORT, GOALS, NOT_MEASURED, PASS, judge, median_ratio
+from scripts.bench.report import render_markdown, render_text
+from scripts.bench.results import (
+    FLASK_CACHING,
+    FLOOR,
+    OURS,
+    SEED,
+    HitRun,
+    Results,
+    ScalePoint,
+    SteadyRun,
+)
+
+# A real run: wrk 4.1.0 -t2 -c32 -d2s with spread.lua against the constant-JSON floor.
+WRK_OUTPUT = """\
+Running 2s test @ http://127.0.0.1:18125
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    23.03ms   22.13ms 132.72ms   82.24%
+    Req/Sec   845.12    308.83     1.48k    62.50%
+  3403 requests in 2.02s, 1.29MB read
+Requests/sec:   1681.38
+Transfer/sec:    654.65KB
+BENCH_RESULT {"requests": 3403, "duration_us": 2023936, "misses": 0, "non2xx": 0, \
+"connect_errors": 0, "read_errors": 0, "write_errors": 0, "timeouts": 0, "latency_us": \
+{"p50": 16970, "p90": 53564, "p99": 92104, "max": 132723, "mean": 23025.5}}
+"""
+
+
+def test_parse_output_reads_the_scripts_line() -> None:
+    result = wrk.parse_output(WRK_OUTPUT)
+    assert result.requests == 3403
+    assert result.rps == pytest.approx(1681.38, abs=0.01)
+    assert (result.p50_ms, result.p90_ms, result.p99_ms) == (16.97, 53.564, 92.104)
+    assert result.max_ms == 132.723
+    assert (result.misses, result.non_2xx, result.socket_errors, result.timeouts) == (0, 0, 0, 0)
+    assert result.problem() is None
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("Requests/sec:   1681.38\n", "expected one BENCH_RESULT line, found 0"),
+        (WRK_OUTPUT + WRK_OUTPUT, "found 2"),
+        (WRK_OUTPUT.replace('"requests": 3403', '"requests": "many"'), "unreadable"),
+        (WRK_OUTPUT.replace('"timeouts": 0, ', ""), "unreadable"),
+        (WRK_OUTPUT.replace("Requests/sec:   1681.38\n", ""), "no Requests/sec line"),
+        (WRK_OUTPUT.replace("1681.38", "2000.00"), "wrk reports 2000.00 requests/s"),
+        (WRK_OUTPUT.replace('"duration_us": 2023936', '"duration_us": 0'), "impossible"),
+    ],
+)
+def test_parse_output_refuses_what_it_cannot_trust(text: str, error: str) -> None:
+    with pytest.raises(wrk.WrkError, match=error):
+        wrk.parse_output(text)
+
+
+def test_problem_names_runs_that_measured_errors_not_serving() -> None:
+    result = wrk.parse_output(WRK_OUTPUT.replace('"non2xx": 0', '"non2xx": 35'))
+    assert result.problem() == "35 of 3403 answers were not 2xx"
+    assert wrk.parse_output(WRK_OUTPUT.replace('"non2xx": 0', '"non2xx": 34')).problem() is None
+    empty = WRK_OUTPUT.replace('"requests": 3403', '"requests": 0').replace("1681.38", "0.00")
+    assert wrk.parse_output(empty).problem() == "wrk completed no request"
+
+
+def test_command_loads_loopback_only(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+    argv = wrk.command(
+        "http://127.0.0.1:8000", tmp_path / "pairs", threads=2, connections=32, seconds=10
+    )
+    assert argv[1:5] == ["-t2", "-c32", "-d10s", "--timeout=10s"]
+    assert argv[-3:] == ["http://127.0.0.1:8000", "--", str(tmp_path / "pairs")]
+    with pytest.raises(ValueError, match="loopback"):
+        wrk.command("http://10.0.0.1:8000", tmp_path, threads=1, connections=1, seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "status"),
+    [
+        ("hit_rps_vs_flask_caching", 2.0, PASS),  # at least 2x: the limit itself passes
+        ("hit_rps_vs_flask_caching", 1.99, FALL_SHORT),
+        ("seq_p50_vs_floor", 1.1, PASS),  # at most 1.1x
+        ("seq_p50_vs_floor", 1.11, FALL_SHORT),
+        ("steady_waited", 0, PASS),
+        ("steady_waited", 1, FALL_SHORT),
+        ("api_rss_mib", 79.9, PASS),
+        ("refresh_10000_s", 5.2, FALL_SHORT),
+        ("refresh_10000_s", None, NOT_MEASURED),
+    ],
+)
+def test_judge(key: str, value: float | None, status: str) -> None:
+    verdict = next(v for v in judge({key: value}) if v.goal.key == key)
+    assert verdict.status == status
+    assert verdict.line().startswith(status)
+
+
+def test_judge_gives_every_goal_a_verdict_and_refuses_unknown_figures() -> None:
+    assert [v.goal.key for v in judge({})] == [goal.key for goal in GOALS]
+    assert {v.status for v in judge({})} == {NOT_MEASURED}
+    with pytest.raises(KeyError, match="no such goal"):
+        judge({"speed": 1.0})
+
+
+def test_median_ratio_is_taken_round_by_round() -> None:
+    # Round 2 was noisy for both: its ratio is still 2, and so is the median.
+    assert median_ratio([200, 100, 210], [100, 50, 105]) == 2.0
+    assert median_ratio([], []) is None
+
+
+def _wrk_result(rps: float, p50_ms: float, p99_ms: float = 0.0, misses: int = 0) -> wrk.WrkResult:
+    return wrk.WrkResult(
+        requests=int(rps * 10),
+        seconds=10.0,
+        p50_ms=p50_ms,
+        p90_ms=p50_ms,
+        p99_ms=p99_ms or p50_ms * 2,
+        max_ms=p99_ms * 2,
+        mean_ms=p50_ms,
+        misses=misses,
+        non_2xx=0,
+        socket_errors=0,
+        timeouts=0,
+    )
+
+
+@pytest.fixture
+def results() -> Results:
+    """Three rounds in which ours serves 2.5x Flask-Caching and 0.95x the floor."""
+    results = Results(mode="test", targets=[OURS, FLASK_CACHING, SEED, FLOOR], rounds=3)
+    for number, noise in enumerate([1.0, 0.6, 1.1]):
+        for target, rps, p50 in [
+            (OURS, 5700, 0.50),
+            (FLASK_CACHING, 2280, 1.2),
+            (SEED, 1200, 1.4),
+            (FLOOR, 6000, 0.48),
+        ]:
+            run = _wrk_result(rps * noise, p50 / noise)
+            results.hits.append(HitRun(target, number, run, run, [16, 16]))
+        results.steady.append(SteadyRun(OURS, number, _wrk_result(5000, 5.0, 12.0), 0, [16, 16]))
+    for pairs, seconds, p50 in [(4, 0.01, 0.50), (1_000, 0.4, 0.51), (10_000, 3.0, 0.54)]:
+        results.scale.append(
+            ScalePoint(
+                pairs,
+                [seconds],
+                2_000_000,
+                1_000_000,
+                _wrk_result(2000, p50),
+                _wrk_result(5000, 5),
+                [50.0, 51.0],
+                [60.0, 61.0],
+            )  # fmt: skip
+        )
+    return results
+
+
+def test_results_measure_every_goal(results: Results) -> None:
+    measured = results.measured()
+    assert measured["hit_rps_vs_flask_caching"] == pytest.approx(2.5)
+    assert measured["hit_rps_vs_floor"] == pytest.approx(0.95)
+    assert measured["seq_p50_vs_floor"] == pytest.approx(0.5 / 0.48)
+    assert measured["steady_p99_over_p50"] == pytest.approx(2.4)
+    assert measured["steady_waited"] == 0
+    assert measured["refresh_10000_s"] == 3.0
+    assert measured["hit_p50_10000_vs_4"] == pytest.approx(1.08)
+    assert measured["pool_rss_mib"] == 61.0
+    verdicts = {v.goal.key: v.status for v in judge(measured)}
+    assert verdicts["hit_rps_vs_seed"] == PASS  # 4.75x
+    assert verdicts["hit_rps_vs_floor"] == PASS
+    assert verdicts["seq_p50_vs_floor"] == PASS
+
+
+def test_reports_show_the_verdicts_and_each_round(results: Results) -> None:
+    verdicts = judge(results.measured())
+    text = render_text(results, verdicts)
+    assert "PASS         hit throughput vs Flask-Caching" in text
+    assert "16/16; 16/16; 16/16" in text  # the connection split of every round
+    markdown = render_markdown(results, verdicts, "performance.png")
+    assert "| hit throughput vs Flask-Caching | 2.50x | >= 2.00x | PASS |" in markdown
+    assert "![throughput and latency per target](performance.png)" in markdown
+    assert markdown.count("| Flask-Caching memoize |") == 4  # the medians, then each round
+
+
+class _StubAPI(http.server.BaseHTTPRequestHandler):
+    """Answers like our API: a JSON body, every third answer a MISS."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as wrk expects
+    served = 0
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        type(self).served += 1
+        body = b'{"pair":"ETH-EUR"}'
+        self.send_response(200 if self.path.startswith("/predict/") else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Cache", "MISS" if self.served % 3 == 0 else "HIT")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stub_api() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StubAPI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_spread_lua_counts_misses_through_real_wrk(stub_api: str, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("ETH-EUR\nBTC-EUR\n")
+    _StubAPI.served = 0
+    result = wrk.run(stub_api, pairs, threads=1, connections=1, seconds=1)
+    assert result.requests > 10
+    assert result.non_2xx == 0  # every request went to /predict/<pair>
+    # Every third answer said MISS (the stub may have answered one more than wrk counted).
+    assert abs(result.misses - result.requests // 3) <= 1
