@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run test test-unit test-integration requests lint format typecheck clean
+.PHONY: help install dev run test test-unit test-integration test-faults requests bench bench-quick wrk lint format typecheck clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -22,6 +22,10 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv and install the service (what the Dockerfile runs)
@@ -40,11 +44,29 @@ test-unit: dev ## Run the fast unit tests only
 test-integration: dev ## Run the integration tests only
 	$(BIN)/python -m pytest tests/integration
 
+test-faults: dev ## Run only the fault-injection tests (Redis killed or frozen, workers killed, ...)
+	$(BIN)/python -m pytest -m faults
+
 requests: dev ## Time requests against the running API (URL=, PAIR=, N=, INTERVAL=)
 	$(BIN)/python scripts/time_requests.py \
 		$(if $(URL),--url $(URL)) $(if $(PAIR),--pair $(PAIR)) \
 		$(if $(N),--count $(N)) $(if $(INTERVAL),--interval $(INTERVAL)) \
 		|| [ $$? -eq 130 ]  # 130: stopped by Ctrl-C after printing its summary
+
+wrk: ## Install wrk, the benchmark's load generator (Debian package; apt-get as root)
+	@command -v wrk >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	else \
+		echo "make bench needs wrk: run 'sudo apt-get install wrk' (Debian/Ubuntu) or build it from its source" >&2; \
+		exit 1; \
+	fi
+
+bench: $(VENV)/.bench-installed wrk ## Full benchmark against the baselines (~20 min); writes docs/performance.md and .png
+	$(BIN)/python -m scripts.bench.run
+
+bench-quick: $(VENV)/.bench-installed wrk ## Short benchmark (< 2 min, CI): prints the table, writes .run/bench/ only
+	$(BIN)/python -m scripts.bench.run --quick
 
 lint: dev ## ruff check, ruff format --check and mypy
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ import orjson
 from flask import Blueprint, Response, current_app
 
 from api.errors import InvalidPair, Unavailable, UnknownPair
+from api.openapi import openapi_document
 from predictions import keys
 from predictions.cache import Outcome, PredictionCache
 from predictions.settings import Settings
@@ -76,6 +77,11 @@ def pairs() -> Response:
             }
         items.append(item)
     return _json({"pairs": items})
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return _json(openapi_document())
 
 
 @bp.get("/healthz")

@@ -8,8 +8,11 @@ from __future__ import annotations
 import re
 
 PREFIX = "pc"
-# An asset symbol: 2 to 10 letters or digits (BTC, ETH, USDT, 1INCH).
-_PAIR = re.compile(r"[A-Z0-9]{2,10}-[A-Z0-9]{2,10}")
+# An asset symbol is 2 to 10 letters or digits (BTC, ETH, USDT, 1INCH). Clients may
+# write a pair in any case (PAIR_PATTERN, as published in the OpenAPI document); its
+# canonical spelling is upper case.
+PAIR_PATTERN = r"^[A-Za-z0-9]{2,10}-[A-Za-z0-9]{2,10}$"
+_CANONICAL = re.compile(r"[A-Z0-9]{2,10}-[A-Z0-9]{2,10}")
 MAX_PAIR_LENGTH = 21
 
 
@@ -22,14 +25,11 @@ def canonical_pair(text: str) -> str:
     # Length and ASCII first: nothing long is matched, and no non-ASCII letter is
     # upper-cased into an ASCII one ("ſ".upper() == "S").
     upper = text.upper() if len(text) <= MAX_PAIR_LENGTH and text.isascii() else ""
-    if not _PAIR.fullmatch(upper):
+    if not _CANONICAL.fullmatch(upper):
         raise InvalidPair(
             f"{text[:40]!r} is not a currency pair: expected BASE-QUOTE, two to ten "
             "letters or digits each, such as ETH-EUR"
         )
-    base, quote = upper.split("-")
-    if base == quote:
-        raise InvalidPair(f"{upper!r} is not a currency pair: base equals quote")
     return upper
 
 

@@ -227,6 +227,9 @@ def _pairs(name: str, raw: str) -> tuple[str, ...]:
             pair = canonical_pair(item.strip())
         except InvalidPair as exc:
             raise SettingsError(f"{name}: {exc}") from None
+        base, quote = pair.split("-")
+        if base == quote:
+            raise SettingsError(f"{name}: {pair} is not a pair: its base and quote are one asset")
         if pair not in pairs:
             pairs.append(pair)
     if not pairs:

@@ -48,6 +48,7 @@ def test_values_are_coerced_and_pairs_canonicalised() -> None:
         ("REDIS_URL", "redis://localhost:6379/16"),
         ("CELERY_BROKER_URL", "amqp://guest@localhost//"),
         ("PAIRS", "ETH/EUR"),
+        ("PAIRS", "EUR-EUR"),
         ("PAIRS", " , "),
         ("MODEL", "no_colon_here"),
         ("MARKET_DATA", "kraken"),

@@ -1,0 +1,187 @@
+"""The API's OpenAPI 3.1 document, served at /openapi.json.
+
+Written by hand, next to the views it describes, so that it states the contract the
+tests hold the API to (schemathesis generates requests from it and checks every answer
+against it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from predictions.keys import PAIR_PATTERN
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds after which the request may succeed",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+        **extra,
+    }
+
+
+def _unavailable(description: str) -> dict[str, Any]:
+    return _json(_ERROR, description, headers=_RETRY_AFTER)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document; the same for every configuration (pairs are listed by /pairs)."""
+    pair = {
+        "name": "pair",
+        "in": "path",
+        "required": True,
+        "description": "BASE-QUOTE, in any case: ETH-EUR or eth-eur",
+        "schema": {"type": "string", "pattern": PAIR_PATTERN},
+        "example": "ETH-EUR",
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "prediction-cache",
+            "version": "1",
+            "description": "Precomputed ML price predictions, served from Redis.",
+        },
+        "paths": {
+            "/predict/{pair}": {
+                "get": {
+                    "operationId": "predict",
+                    "summary": "The latest prediction for a configured pair",
+                    "parameters": [pair],
+                    "responses": {
+                        "200": _json(
+                            {"$ref": "#/components/schemas/Prediction"},
+                            "The prediction; X-Cache says where it came from",
+                            headers={
+                                "X-Cache": {
+                                    "description": "HIT (cache), MISS (computed), STALE",
+                                    "schema": {"type": "string", "enum": ["HIT", "MISS", "STALE"]},
+                                }
+                            },
+                        ),
+                        "400": _json(_ERROR, "Not a pair (invalid_pair)"),
+                        "404": _json(_ERROR, "A pair that is not configured (unknown_pair)"),
+                        "503": _unavailable("No prediction can be had right now"),
+                    },
+                }
+            },
+            "/pairs": {
+                "get": {
+                    "operationId": "pairs",
+                    "summary": "The configured pairs and the age of each cached prediction",
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Pairs"}, "Every pair"),
+                        "503": _unavailable("Redis is unreachable"),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "The process is alive",
+                    "responses": {"200": _json({"$ref": "#/components/schemas/Status"}, "Alive")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Redis answers",
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Status"}, "Ready"),
+                        "503": _unavailable("Redis is unreachable"),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": _json({"type": "object"}, "The OpenAPI document")},
+                }
+            },
+        },
+        "components": {"schemas": _SCHEMAS},
+    }
+
+
+_TIME = {"type": "string", "format": "date-time"}
+_SCHEMAS: dict[str, Any] = {
+    "Prediction": {
+        "type": "object",
+        "required": [
+            "pair",
+            "predicted_price",
+            "horizon_seconds",
+            "computed_at",
+            "expires_at",
+            "model_version",
+            "data_source",
+            "compute_seconds",
+        ],
+        "properties": {
+            "pair": {"type": "string", "pattern": PAIR_PATTERN},
+            "predicted_price": {"type": "number", "exclusiveMinimum": 0},
+            "horizon_seconds": {"type": "integer", "minimum": 1},
+            "computed_at": _TIME,
+            "expires_at": _TIME,
+            "model_version": {"type": "string", "minLength": 1},
+            "data_source": {"type": "string", "minLength": 1},
+            "compute_seconds": {"type": "number", "minimum": 0},
+            "stale": {
+                "type": "boolean",
+                "description": "Present and true on a prediction past its freshness",
+            },
+        },
+        "additionalProperties": False,
+    },
+    "Pairs": {
+        "type": "object",
+        "required": ["pairs"],
+        "properties": {
+            "pairs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["pair", "cached"],
+                    "properties": {
+                        "pair": {"type": "string"},
+                        "cached": {"type": "boolean"},
+                        "computed_at": _TIME,
+                        "expires_at": _TIME,
+                        "age_seconds": {"type": "number"},
+                        "expires_in_seconds": {"type": "number"},
+                    },
+                },
+            }
+        },
+    },
+    "Status": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}},
+    },
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["status", "code", "message"],
+                "properties": {
+                    "status": {"type": "integer"},
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+                "additionalProperties": False,
+            }
+        },
+        "additionalProperties": False,
+    },
+}
