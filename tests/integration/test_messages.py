@@ -1,0 +1,38 @@
+"""The worker runs JSON messages only: anything else is refused, never executed."""
+
+from __future__ import annotations
+
+import pytest
+from kombu import Connection
+
+from predictions.keys import prediction_key
+from predictions.settings import Settings
+from tests.integration.conftest import ProcessFactory
+from tests.processes import RedisServer, wait_for
+from worker.celery_app import create_celery
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_pickled_task_is_refused_and_a_json_one_runs(
+    start: ProcessFactory, redis_server: RedisServer
+) -> None:
+    worker = start("worker")
+    settings = Settings(redis_url=redis_server.url)
+    producer_app = create_celery(settings)
+    with Connection(settings.broker_url) as connection:
+        # The same task, in pickle: what an attacker able to write to the broker sends.
+        producer_app.send_task(
+            "predictions.refresh_pairs", args=[["ETH-EUR"]], serializer="pickle",
+            connection=connection,
+        )  # fmt: skip
+        wait_for(lambda: "Refusing to deserialize" in worker.output(), 30, what="refusal")
+        assert not redis_server.client().exists(prediction_key("ETH-EUR"))
+        assert worker.count("computed prediction pair=ETH-EUR ") == 0
+
+        # The control: the same message in JSON is run.
+        producer_app.send_task(
+            "predictions.refresh_pairs", args=[["ETH-EUR"]], connection=connection
+        )
+        wait_for(lambda: redis_server.client().exists(prediction_key("ETH-EUR")), 30)
+    assert worker.running()
