@@ -57,6 +57,8 @@ def render_http_error(error: HTTPException) -> Response:
     code = getattr(error, "code_name", None) or _snake_case(type(error).__name__)
     response.set_data(error_body(status, code, error.description or response.status))
     response.mimetype = "application/json"
+    # An error says nothing about the resource: no cache may keep it.
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 

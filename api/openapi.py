@@ -66,6 +66,7 @@ def openapi_document() -> dict[str, Any]:
                                 }
                             },
                         ),
+                        "304": {"description": "Not modified: If-None-Match named its ETag"},
                         "400": _json(_ERROR, "Not a pair (invalid_pair)"),
                         "404": _json(_ERROR, "A pair that is not configured (unknown_pair)"),
                         "503": _unavailable("No prediction can be had right now"),

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 import orjson
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 
 from api.errors import InvalidPair, Unavailable, UnknownPair
+from api.http_caching import caching_headers
 from api.openapi import openapi_document
 from predictions import keys
 from predictions.cache import Outcome, PredictionCache
@@ -47,12 +48,17 @@ def configured_pair(text: str) -> str:
 @bp.get("/predict/<pair>")
 def predict(pair: str) -> Response:
     started = time.perf_counter()
-    lookup = _cache().get(configured_pair(pair))
-    if lookup.outcome is Outcome.STALE:
-        body = orjson.dumps(lookup.prediction.to_dict() | {"stale": True})
+    cache = _cache()
+    lookup = cache.get(configured_pair(pair))
+    prediction = lookup.prediction
+    headers = caching_headers(prediction, cache.clock(), _settings().stale_grace_seconds)
+    if request.if_none_match.contains(headers["ETag"].strip('"')):
+        response = Response(status=304)
+    elif lookup.outcome is Outcome.STALE:
+        response = _json(prediction.to_dict() | {"stale": True})
     else:
-        body = lookup.prediction.to_json()
-    response = Response(body, mimetype="application/json")
+        response = Response(prediction.to_json(), mimetype="application/json")
+    response.headers.update(headers)
     response.headers["X-Cache"] = lookup.outcome.value
     # The time spent in the API on this answer, apart from HTTP and the network, which
     # a client's clock includes (W3C Server Timing).

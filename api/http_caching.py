@@ -1,0 +1,36 @@
+"""HTTP caching headers (RFC 9111, RFC 5861) that say exactly how fresh an answer is.
+
+``max-age`` is the prediction's whole fresh lifetime and ``Age`` its age now, so
+max-age minus Age is the freshness left, for any client, proxy or CDN; the stale-*
+extensions allow serving it, marked stale, for the same grace the API itself uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from email.utils import formatdate
+
+from predictions.prediction import Prediction
+
+
+def etag(prediction: Prediction) -> str:
+    """A strong validator: changes whenever the model, pair, horizon or time does."""
+    identity = (
+        f"{prediction.model_version}|{prediction.pair}|"
+        f"{prediction.horizon_seconds}|{prediction.computed_at:.3f}"
+    )
+    return '"' + hashlib.blake2b(identity.encode(), digest_size=12).hexdigest() + '"'
+
+
+def caching_headers(prediction: Prediction, now: float, grace_seconds: float) -> dict[str, str]:
+    lifetime = max(0, round(prediction.expires_at - prediction.computed_at))
+    age = max(0, int(now - prediction.computed_at))
+    grace = int(grace_seconds)
+    return {
+        "Cache-Control": (
+            f"max-age={lifetime}, stale-while-revalidate={grace}, stale-if-error={grace}"
+        ),
+        "Age": str(age),
+        "Last-Modified": formatdate(prediction.computed_at, usegmt=True),
+        "ETag": etag(prediction),
+    }
