@@ -11,6 +11,10 @@ from typing import Any
 
 from predictions.keys import PAIR_PATTERN
 
+MAX_BATCH = 100
+# 1 to MAX_BATCH comma-separated items, the first with a letter or digit.
+BATCH_PATTERN = r"[^,]*[A-Za-z0-9][^,]*(,[^,]*){0,%s}" % (MAX_BATCH - 1)  # noqa: UP031
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _RETRY_AFTER = {
     "Retry-After": {
@@ -70,6 +74,29 @@ def openapi_document() -> dict[str, Any]:
                         "400": _json(_ERROR, "Not a pair (invalid_pair)"),
                         "404": _json(_ERROR, "A pair that is not configured (unknown_pair)"),
                         "503": _unavailable("No prediction can be had right now"),
+                    },
+                }
+            },
+            "/predict": {
+                "get": {
+                    "operationId": "predictMany",
+                    "summary": "Several pairs from the cache, in one Redis round trip",
+                    "parameters": [
+                        {
+                            "name": "pairs",
+                            "in": "query",
+                            "required": True,
+                            "description": "1 to 100 comma-separated pairs",
+                            "schema": {
+                                "type": "string",
+                                "pattern": f"^{BATCH_PATTERN}$",
+                            },
+                            "example": "ETH-EUR,BTC-EUR",
+                        }
+                    ],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Batch"}, "One item a pair"),
+                        "400": _json(_ERROR, "No pairs, or more than 100"),
                     },
                 }
             },
@@ -141,6 +168,25 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
         "additionalProperties": False,
+    },
+    "Batch": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "items": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["pair", "status"],
+                    "properties": {
+                        "pair": {"type": "string"},
+                        "status": {"enum": ["fresh", "stale", "missing", "error"]},
+                        "prediction": {"$ref": "#/components/schemas/Prediction"},
+                        "error": {"$ref": "#/components/schemas/Error/properties/error"},
+                    },
+                },
+            }
+        },
     },
     "Pairs": {
         "type": "object",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import orjson
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import BadRequest, HTTPException
 
 from api.errors import InvalidPair, Unavailable, UnknownPair
 from api.http_caching import caching_headers
-from api.openapi import openapi_document
+from api.openapi import BATCH_PATTERN, MAX_BATCH, openapi_document
 from predictions import keys
 from predictions.cache import Outcome, PredictionCache
 from predictions.settings import Settings
@@ -65,6 +67,52 @@ def predict(pair: str) -> Response:
     elapsed_ms = (time.perf_counter() - started) * 1000
     response.headers["Server-Timing"] = f"cache;dur={elapsed_ms:.3f}"
     return response
+
+
+# The API accepts exactly the batches its OpenAPI document allows.
+_BATCH = re.compile(BATCH_PATTERN)
+
+
+@bp.get("/predict")
+def predict_many() -> Response:
+    """Several pairs at once, from the cache only: one Redis round trip, no computing."""
+    raw = request.args.get("pairs", "")
+    if not _BATCH.fullmatch(raw):
+        raise BadRequest(f"pairs: give 1 to {MAX_BATCH} comma-separated pairs")
+    texts = [text.strip() for text in raw.split(",") if text.strip()]
+    items: list[dict[str, object]] = []
+    wanted: list[str] = []
+    for text in texts:
+        try:
+            pair = configured_pair(text)
+        except (InvalidPair, UnknownPair) as error:
+            items.append({"pair": text[:40], "status": "error", "error": _item_error(error)})
+            continue
+        items.append({"pair": pair})
+        if pair not in wanted:
+            wanted.append(pair)
+    found = _cache().peek_many(wanted)
+    for item in items:
+        if "status" in item:
+            continue
+        lookup = found[str(item["pair"])]
+        if lookup is None:
+            item["status"] = "missing"  # GET /predict/<pair> computes it
+        elif lookup.outcome is Outcome.STALE:
+            item |= {"status": "stale", "prediction": lookup.prediction.to_dict() | {"stale": True}}
+        else:
+            item |= {"status": "fresh", "prediction": lookup.prediction.to_dict()}
+    response = _json({"items": items})
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def _item_error(error: HTTPException) -> dict[str, object]:
+    return {
+        "status": error.code,
+        "code": getattr(error, "code_name", ""),
+        "message": error.description,
+    }
 
 
 @bp.get("/pairs")

@@ -129,6 +129,45 @@ class PredictionCache:
         self.near.put(lookup.prediction)
         return lookup
 
+    def peek_many(self, pairs: list[str]) -> dict[str, Lookup | None]:
+        """Each pair's cached prediction, in one Redis round trip; never computes.
+
+        None for a pair with no prediction to serve (absent, or Redis down and nothing
+        known within grace).
+        """
+        found: dict[str, Lookup | None] = {}
+        wanted = []
+        for pair in pairs:
+            prediction = self.near.get(pair)
+            if prediction is not None:
+                found[pair] = Lookup(prediction, Outcome.HIT)
+            else:
+                wanted.append(pair)
+        if not wanted:
+            return found
+        try:
+            if not self.breaker.allow():
+                raise CacheUnavailable("Redis is failing; not tried")
+            try:
+                stored = self.store.read_many(wanted)
+            except REDIS_DOWN:
+                self.breaker.record_failure()
+                raise
+            self.breaker.record_success()
+        except (CacheUnavailable, *REDIS_DOWN) as exc:
+            error = exc if isinstance(exc, Unavailable) else CacheUnavailable(str(exc))
+            for pair in wanted:
+                try:
+                    found[pair] = self._stale_or_raise(pair, error)
+                except Unavailable:
+                    found[pair] = None
+            return found
+        for pair, prediction in stored.items():
+            if prediction is not None:
+                self.near.put(prediction)
+            found[pair] = None if prediction is None else Lookup(prediction, Outcome.HIT)
+        return found
+
     def _read_through(self, pair: str) -> Lookup:
         prediction = self.store.read(pair)
         if prediction is not None:

@@ -197,3 +197,53 @@ def test_a_stale_answer_says_so(settings: Settings, predictor: Predictor) -> Non
     assert response.headers["X-Cache"] == "STALE"
     body = response.get_json()
     assert body["stale"] is True and body["pair"] == "ETH-EUR"
+
+
+class CountingRedis(fakeredis.FakeRedis):
+    """Counts the commands sent: the batch read must not grow with its size."""
+
+    commands = 0
+
+    def execute_command(self, *args, **options):  # type: ignore[no-untyped-def]
+        CountingRedis.commands += 1
+        return super().execute_command(*args, **options)
+
+
+@pytest.mark.parametrize("count", [1, 4, 50])
+def test_a_batch_read_is_one_redis_command_whatever_its_size(
+    settings: Settings, predictor: Predictor, count: int
+) -> None:
+    pairs = [f"C{i:03d}-EUR" for i in range(count)]
+    wide = dataclasses.replace(settings, pairs=tuple(pairs), near_cache_seconds=0)
+    app = create_app(wide, CountingRedis(), predictor)
+    CountingRedis.commands = 0
+    response = app.test_client().get("/predict", query_string={"pairs": ",".join(pairs)})
+    assert response.status_code == 200
+    assert CountingRedis.commands == 1
+    assert [item["status"] for item in response.get_json()["items"]] == ["missing"] * count
+
+
+def test_a_batch_says_per_item_what_it_has(client: FlaskClient) -> None:
+    client.get("/predict/ETH-EUR")
+    response = client.get("/predict", query_string={"pairs": "eth-eur,BTC-EUR,SOL-EUR,E/X"})
+    items = response.get_json()["items"]
+    assert [(item["pair"], item["status"]) for item in items] == [
+        ("ETH-EUR", "fresh"),
+        ("BTC-EUR", "missing"),
+        ("SOL-EUR", "error"),
+        ("E/X", "error"),
+    ]
+    assert items[0]["prediction"]["pair"] == "ETH-EUR"
+    assert [items[2]["error"]["code"], items[3]["error"]["code"]] == [
+        "unknown_pair",
+        "invalid_pair",
+    ]
+
+
+@pytest.mark.parametrize(
+    "query", ["", "pairs=", "pairs=,,", "pairs=" + ",".join(["ETH-EUR"] * 101)]
+)
+def test_a_batch_needs_one_to_a_hundred_pairs(client: FlaskClient, query: str) -> None:
+    response = client.get(f"/predict?{query}")
+    assert response.status_code == 400
+    assert _error(response)["code"] == "bad_request"

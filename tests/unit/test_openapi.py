@@ -51,6 +51,7 @@ def test_the_document_is_served() -> None:
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {
         "/predict/{pair}",
+        "/predict",
         "/pairs",
         "/healthz",
         "/readyz",
