@@ -13,7 +13,7 @@ from predictions.keys import PAIR_PATTERN
 
 MAX_BATCH = 100
 # 1 to MAX_BATCH comma-separated items, the first with a letter or digit.
-BATCH_PATTERN = r"[^,]*[A-Za-z0-9][^,]*(,[^,]*){0,%s}" % (MAX_BATCH - 1)  # noqa: UP031
+BATCH_PATTERN = rf"[^,]*[A-Za-z0-9][^,]*(,[^,]*){{0,{MAX_BATCH - 1}}}"
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _RETRY_AFTER = {
