@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from predictions.keys import PAIR_PATTERN
+from predictions.prediction import FIELDS
 
 MAX_BATCH = 100
 # 1 to MAX_BATCH comma-separated items, the first with a letter or digit.
@@ -143,16 +144,8 @@ _TIME = {"type": "string", "format": "date-time"}
 _SCHEMAS: dict[str, Any] = {
     "Prediction": {
         "type": "object",
-        "required": [
-            "pair",
-            "predicted_price",
-            "horizon_seconds",
-            "computed_at",
-            "expires_at",
-            "model_version",
-            "data_source",
-            "compute_seconds",
-        ],
+        # Every stored field; "stale" is added only to a stale answer.
+        "required": sorted(FIELDS),
         "properties": {
             "pair": {"type": "string", "pattern": PAIR_PATTERN},
             "predicted_price": {"type": "number", "exclusiveMinimum": 0},

@@ -5,6 +5,22 @@ from __future__ import annotations
 import threading
 
 from predictions.market_data import PriceWindow
+from predictions.prediction import Prediction
+
+
+def make_prediction(**changes: object) -> Prediction:
+    """A valid prediction of ETH-EUR, computed at 1,000 s and fresh for 60 s."""
+    fields: dict[str, object] = {
+        "pair": "ETH-EUR",
+        "predicted_price": 2890.5,
+        "horizon_seconds": 300,
+        "computed_at": 1_000.25,
+        "expires_at": 1_060.25,
+        "model_version": "m-1",
+        "data_source": "synthetic",
+        "compute_seconds": 1.0,
+    }
+    return Prediction(**(fields | changes))  # type: ignore[arg-type]
 
 
 class CountingModel:

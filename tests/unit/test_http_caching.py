@@ -6,18 +6,9 @@ from email.utils import parsedate_to_datetime
 from flask import Flask
 
 from api.http_caching import caching_headers, etag
-from predictions.prediction import Prediction
+from tests.support import make_prediction
 
-PREDICTION = Prediction(
-    pair="ETH-EUR",
-    predicted_price=2890.5,
-    horizon_seconds=300,
-    computed_at=1_000.25,
-    expires_at=1_060.25,
-    model_version="m-1",
-    data_source="synthetic",
-    compute_seconds=1.0,
-)
+PREDICTION = make_prediction()
 
 
 def _max_age(headers: dict[str, str]) -> int:

@@ -3,18 +3,9 @@ from __future__ import annotations
 import dataclasses
 
 from predictions.near_cache import NearCache
-from predictions.prediction import Prediction
+from tests.support import make_prediction
 
-PREDICTION = Prediction(
-    pair="ETH-EUR",
-    predicted_price=2890.5,
-    horizon_seconds=300,
-    computed_at=1_000.0,
-    expires_at=1_060.0,
-    model_version="m-1",
-    data_source="synthetic",
-    compute_seconds=1.0,
-)
+PREDICTION = make_prediction(computed_at=1_000.0, expires_at=1_060.0)
 
 
 class Clock:

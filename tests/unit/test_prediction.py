@@ -6,17 +6,9 @@ import orjson
 import pytest
 
 from predictions.prediction import InvalidPrediction, Prediction, format_time
+from tests.support import make_prediction
 
-GOOD = Prediction(
-    pair="ETH-EUR",
-    predicted_price=2890.5,
-    horizon_seconds=300,
-    computed_at=1_764_000_000.123,
-    expires_at=1_764_000_060.123,
-    model_version="m-1",
-    data_source="synthetic",
-    compute_seconds=1.0,
-)
+GOOD = make_prediction(computed_at=1_764_000_000.123, expires_at=1_764_000_060.123)
 
 
 def test_round_trip_is_exact() -> None:
