@@ -22,10 +22,9 @@ import time
 from collections.abc import Callable
 
 import redis
-from redis.exceptions import LockError
 
+from predictions import locks
 from predictions.circuit import CircuitBreaker
-from predictions.keys import compute_lock_key
 from predictions.near_cache import NearCache
 from predictions.prediction import Prediction
 from predictions.predictor import PredictionFailed, Predictor
@@ -180,28 +179,24 @@ class PredictionCache:
             self._waiting.release()
 
     def _compute_once(self, pair: str) -> Prediction:
-        lock = self.store.redis.lock(
-            compute_lock_key(pair),
-            # The lock outlives a computation that hangs by at most this long.
-            timeout=self.limits.compute_timeout_seconds,
-            thread_local=False,
-        )
-        deadline = time.monotonic() + self.limits.compute_timeout_seconds
+        client = self.store.redis
+        timeout = self.limits.compute_timeout_seconds
+        deadline = time.monotonic() + timeout
         while True:
-            if lock.acquire(blocking=False):
+            # The lock outlives a computation that hangs by at most the timeout.
+            token = locks.acquire(client, pair, timeout)
+            if token is not None:
                 try:
                     # Someone may have stored it between our read and our lock.
                     return self.store.read(pair) or self._compute_and_store(pair)
                 finally:
-                    _release(lock)
+                    _release(client, pair, token)
             time.sleep(self.poll_interval)
             prediction = self.store.read(pair)
             if prediction is not None:
                 return prediction
             if time.monotonic() >= deadline:
-                raise ComputeTimeout(
-                    f"{pair}: no prediction within {self.limits.compute_timeout_seconds:g} s"
-                )
+                raise ComputeTimeout(f"{pair}: no prediction within {timeout:g} s")
 
     def _compute_and_store(self, pair: str) -> Prediction:
         if not self._computing.acquire(blocking=False):
@@ -233,11 +228,10 @@ class PredictionCache:
         raise error
 
 
-def _release(lock: redis.lock.Lock) -> None:
+def _release(client: redis.Redis, pair: str, token: bytes) -> None:
     try:
-        lock.release()
-    except (LockError, redis.RedisError):
-        # The lock expired while we computed (it may be someone else's now), or Redis
-        # went away: either way it expires on its own, and the caller already has
+        locks.release(client, pair, token)
+    except redis.RedisError:
+        # Redis went away: the lock expires on its own, and the caller already has
         # its prediction.
         pass

@@ -1,13 +1,18 @@
-"""Compute locks for many pairs at once, compatible with redis-py's Lock.
+"""Compute locks: whoever holds a pair's lock is computing its prediction.
 
-The API takes one pair's lock with redis-py's Lock; a refresh takes a whole group's in
-one round trip and releases them in another. Both store a random token with an expiry
-(SET NX PX) and delete only their own token, so either can hold a pair's lock while the
-other waits or skips that pair.
+A lock is a random token stored with an absolute expiry (SET NX PXAT), released by a
+script that deletes the key only if it still holds our token. The expiry is absolute,
+not relative, on purpose: a SET that a frozen Redis receives late (the client already
+gave up on it, or retried it) must not start a fresh lifetime when Redis wakes up, or a
+lock nobody holds would block the pair for a whole timeout.
+
+The API takes one pair's lock on a miss; a refresh takes a whole group's in one round
+trip and releases them in another.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 
@@ -24,23 +29,33 @@ return 0
 """
 
 
+def acquire(client: redis.Redis, pair: str, ttl_seconds: float) -> bytes | None:
+    """Take the pair's compute lock if it is free; the token, or None."""
+    return acquire_many(client, [pair], ttl_seconds).get(pair)
+
+
 def acquire_many(client: redis.Redis, pairs: Iterable[str], ttl_seconds: float) -> dict[str, bytes]:
     """Take the compute lock of every pair that is free; return {pair: token}."""
     pairs = list(pairs)
     tokens = {pair: uuid.uuid4().hex.encode() for pair in pairs}
+    expires_ms = int((time.time() + ttl_seconds) * 1000)
     pipe = client.pipeline(transaction=False)
     for pair in pairs:
-        pipe.set(compute_lock_key(pair), tokens[pair], nx=True, px=int(ttl_seconds * 1000))
+        pipe.set(compute_lock_key(pair), tokens[pair], nx=True, pxat=expires_ms)
     taken = pipe.execute()
     return {pair: tokens[pair] for pair, ok in zip(pairs, taken, strict=True) if ok}
+
+
+def release(client: redis.Redis, pair: str, token: bytes) -> None:
+    release_many(client, {pair: token})
 
 
 def release_many(client: redis.Redis, tokens: Mapping[str, bytes]) -> None:
     """Release the locks acquire_many took, those not yet expired and retaken."""
     if not tokens:
         return
-    release = client.register_script(_RELEASE)
+    script = client.register_script(_RELEASE)
     pipe = client.pipeline(transaction=False)
     for pair, token in tokens.items():
-        release(keys=[compute_lock_key(pair)], args=[token], client=pipe)
+        script(keys=[compute_lock_key(pair)], args=[token], client=pipe)
     pipe.execute()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 import redis
 
@@ -18,12 +19,14 @@ class PredictionStore:
 
     Contract: a read may find nothing (never computed, expired, or an entry that is
     not a valid prediction for that pair); it returns None and the caller decides.
-    A write sets the value and its expiry in one command, so no key can outlive its
-    prediction. Redis errors are not caught here: the caller knows what to answer.
+    A write sets the value and its absolute expiry in one command, so no key can
+    outlive its prediction; a read never returns an expired one. Redis errors are not
+    caught here: the caller knows what to answer.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time) -> None:
         self.redis = client
+        self.clock = clock
 
     def read(self, pair: str) -> Prediction | None:
         """The pair's unexpired prediction, or None."""
@@ -51,12 +54,13 @@ class PredictionStore:
         pipe = self.redis.pipeline(transaction=False)
         written = 0
         for prediction in predictions:
-            # The expiry counts from the computation, not from the write.
-            milliseconds = int((prediction.expires_at - now) * 1000)
-            if milliseconds <= 0:
+            if prediction.expires_at <= now:
                 log.warning("not storing an expired prediction pair=%s", prediction.pair)
                 continue
-            pipe.set(prediction_key(prediction.pair), prediction.to_json(), px=milliseconds)
+            # An absolute expiry, the prediction's own: a write that a frozen Redis
+            # receives late (or twice, through a retry) cannot outlive it.
+            expires_ms = int(prediction.expires_at * 1000)
+            pipe.set(prediction_key(prediction.pair), prediction.to_json(), pxat=expires_ms)
             written += 1
         if written:
             pipe.execute()
@@ -68,7 +72,9 @@ class PredictionStore:
         if not isinstance(raw, bytes):  # a client made with decode_responses=True
             raw = str(raw).encode()
         try:
-            return Prediction.from_json(raw, pair)
+            prediction = Prediction.from_json(raw, pair)
         except InvalidPrediction as exc:
             log.warning("invalid prediction entry pair=%s error=%s", pair, exc)
             return None
+        # Redis expires it at expires_at by its own clock; ours decides what we serve.
+        return prediction if prediction.expires_at > self.clock() else None

@@ -61,7 +61,10 @@ def claim_refresh_slot(client: redis.Redis, interval_seconds: float, now: float)
 
 
 def refresh_pairs(
-    pairs: Sequence[str], resources: RefreshResources, compute_timeout_seconds: float = 10.0
+    pairs: Sequence[str],
+    resources: RefreshResources,
+    compute_timeout_seconds: float = 10.0,
+    refresh_interval_seconds: float = 20.0,
 ) -> int:
     """Compute each pair and store the results, a group at a time.
 
@@ -74,14 +77,15 @@ def refresh_pairs(
     started = time.perf_counter()
     wanted = _configured(pairs, resources.pairs)
     client = resources.store.redis
-    # Locks are taken a group at a time, sized so that computing a group takes about
-    # half the lock's lifetime: no lock expires while its pair is being computed.
-    per_pair = resources.predictor.simulated_latency_seconds + 0.005
-    group_size = max(1, int(compute_timeout_seconds / 2 / per_pair))
+    group_size, lock_seconds = lock_plan(
+        resources.predictor.simulated_latency_seconds,
+        compute_timeout_seconds,
+        refresh_interval_seconds,
+    )
     written = failed = skipped = 0
     for first in range(0, len(wanted), group_size):
         group = wanted[first : first + group_size]
-        tokens = acquire_many(client, group, compute_timeout_seconds)
+        tokens = acquire_many(client, group, lock_seconds)
         skipped += len(group) - len(tokens)
         try:
             computed: list[Prediction] = []
@@ -102,6 +106,23 @@ def refresh_pairs(
         time.perf_counter() - started,
     )
     return written
+
+
+def lock_plan(
+    latency_seconds: float, compute_timeout_seconds: float, refresh_interval_seconds: float
+) -> tuple[int, float]:
+    """How many pairs to lock at once, and for how long.
+
+    A group takes about half a refresh interval (and half the compute timeout) to
+    compute, and its locks live twice that, plus a margin: long enough that none
+    expires while its pair is computed, short enough that the locks of a refresh that
+    died (a killed pool process) block the next refresh for less than an interval.
+    """
+    per_pair = latency_seconds + 0.005
+    budget = min(compute_timeout_seconds, refresh_interval_seconds) / 2
+    group_size = max(1, int(budget / per_pair))
+    lock_seconds = min(compute_timeout_seconds, 2 * group_size * per_pair + 0.5)
+    return group_size, lock_seconds
 
 
 def _configured(pairs: Sequence[str], configured: frozenset[str]) -> list[str]:

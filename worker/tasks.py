@@ -52,4 +52,10 @@ def refresh_all_predictions(self: RefreshTask) -> int:
 )
 def refresh_predictions(self: RefreshTask, pairs: list[str]) -> int:
     """Recompute and store the given pairs; returns how many were written."""
-    return refresh_pairs(pairs, self.resources, self.app.settings.compute_timeout_seconds)
+    settings = self.app.settings
+    return refresh_pairs(
+        pairs,
+        self.resources,
+        settings.compute_timeout_seconds,
+        settings.refresh_interval_seconds,
+    )

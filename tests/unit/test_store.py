@@ -8,6 +8,7 @@ import pytest
 from predictions.keys import prediction_key
 from predictions.predictor import Predictor
 from predictions.store import PredictionStore
+from tests.support import make_prediction
 
 
 def test_a_write_sets_value_and_expiry_together(
@@ -20,12 +21,28 @@ def test_a_write_sets_value_and_expiry_together(
     assert store.read("ETH-EUR") == prediction
 
 
-def test_expiry_counts_from_the_computation(
-    store: PredictionStore, redis_client: fakeredis.FakeRedis, predictor: Predictor
+def test_the_expiry_is_the_predictions_own_however_late_the_write(
+    store: PredictionStore, redis_client: fakeredis.FakeRedis
 ) -> None:
-    prediction = predictor.compute("ETH-EUR")
-    store.write(prediction, now=prediction.computed_at + 20)
+    now = time.time()
+    computed_20s_ago = make_prediction(computed_at=now - 20, expires_at=now + 10)
+    store.write(computed_20s_ago, now=now)
+    assert 9_000 < redis_client.pttl(prediction_key("ETH-EUR")) <= 10_000
+    # The same write arriving again later (a retry, a frozen Redis waking up) does
+    # not start a new lifetime.
+    store.write(computed_20s_ago, now=now + 5)
     assert redis_client.pttl(prediction_key("ETH-EUR")) <= 10_000
+
+
+def test_a_read_never_returns_an_expired_prediction(
+    store: PredictionStore, redis_client: fakeredis.FakeRedis
+) -> None:
+    now = time.time()
+    # Redis still holds it (its clock is behind ours): we must not serve it.
+    expired = make_prediction(computed_at=now - 61, expires_at=now - 1)
+    redis_client.set(prediction_key("ETH-EUR"), expired.to_json(), ex=60)
+    assert store.read("ETH-EUR") is None
+    assert store.read_many(["ETH-EUR"]) == {"ETH-EUR": None}
 
 
 def test_an_expired_prediction_is_not_written(

@@ -13,7 +13,13 @@ from predictions.settings import Settings
 from predictions.store import PredictionStore
 from tests.support import CountingModel
 from worker.celery_app import create_celery
-from worker.refresh import RefreshResources, batches, claim_refresh_slot, refresh_pairs
+from worker.refresh import (
+    RefreshResources,
+    batches,
+    claim_refresh_slot,
+    lock_plan,
+    refresh_pairs,
+)
 
 
 @pytest.fixture
@@ -142,3 +148,20 @@ def test_one_refresh_per_interval_whoever_asks(redis_client: fakeredis.FakeRedis
     assert not claim_refresh_slot(redis_client, 20, now=1_019.9)  # a second beat
     assert claim_refresh_slot(redis_client, 20, now=1_020.0)  # the next interval
     assert 0 < redis_client.pttl(refresh_slot_key(51)) <= 40_000
+
+
+@pytest.mark.parametrize(
+    ("latency", "timeout", "interval", "group", "lock"),
+    [
+        (0.5, 5, 1, 1, 1.51),  # a killed refresh blocks its pair for 1.5 s, not 5
+        (1.0, 10, 20, 4, 8.54),
+        (0.0, 10, 20, 1000, 10),  # capped by the compute timeout
+    ],
+)
+def test_lock_plan_keeps_locks_short_but_longer_than_their_work(
+    latency: float, timeout: float, interval: float, group: int, lock: float
+) -> None:
+    size, seconds = lock_plan(latency, timeout, interval)
+    assert size == group
+    assert seconds == pytest.approx(lock)
+    assert seconds > size * (latency + 0.005)  # no lock expires while its group computes
