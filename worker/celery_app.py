@@ -7,6 +7,7 @@ import logging
 from celery import Celery
 
 from beat_schedule import build_schedule
+from predictions.model import load_model
 from predictions.settings import Settings
 
 
@@ -14,6 +15,10 @@ def create_celery(settings: Settings | None = None) -> Celery:
     """A Celery app for ``settings``; tasks find the settings as ``app.settings``."""
     settings = settings or Settings.from_env()
     logging.getLogger("predictions").setLevel(settings.log_level)
+    # Import the model now, while Celery has the working directory on sys.path (it
+    # does only while it loads the app): a model module beside the project then loads
+    # in the pool processes too, and a bad MODEL stops the worker at start-up.
+    load_model(settings.model)
     app = Celery("prediction_cache", include=["worker.tasks"])
     # A refresh of one batch may take this long before it is interrupted.
     soft_limit = 3 * settings.refresh_interval_seconds + settings.compute_timeout_seconds

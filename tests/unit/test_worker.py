@@ -8,6 +8,7 @@ import pytest
 from beat_schedule import REFRESH_ALL_TASK, build_schedule
 from predictions.keys import compute_lock_key, prediction_key, refresh_slot_key
 from predictions.market_data import SyntheticMarketData
+from predictions.model import ModelLoadError
 from predictions.predictor import Predictor
 from predictions.settings import Settings
 from predictions.store import PredictionStore
@@ -165,3 +166,8 @@ def test_lock_plan_keeps_locks_short_but_longer_than_their_work(
     assert size == group
     assert seconds == pytest.approx(lock)
     assert seconds > size * (latency + 0.005)  # no lock expires while its group computes
+
+
+def test_a_bad_model_stops_the_worker_at_start_up() -> None:
+    with pytest.raises(ModelLoadError, match="MODEL"):
+        create_celery(Settings(model="no.such.module:Model"))

@@ -1,0 +1,46 @@
+"""Models that fail for some pairs only, for fault-injection tests of real processes.
+
+Loaded through MODEL like any model (MODEL=tests.fault_models:PairFaultModel); which
+pair fails, and how, is read from the FAULTS environment variable when the model is
+built, once per process:
+
+    FAULTS=ETH-EUR=raise,BTC-EUR=nan,ETH-USD=inf,BTC-USD=negative
+
+Every other pair gets the default model's answer.
+"""
+
+from __future__ import annotations
+
+import os
+
+from predictions.market_data import PriceWindow
+from predictions.model import LogLinearTrendModel
+
+# What a broken model may return instead of a price: each must fail that pair only.
+BAD_PRICES = {"nan": float("nan"), "inf": float("inf"), "negative": -1.0, "zero": 0.0}
+FAULTS = frozenset({"raise", *BAD_PRICES})
+
+
+class PairFaultModel:
+    """The default model, except for the pairs named in FAULTS."""
+
+    version = "pair-fault-1"
+
+    def __init__(self) -> None:
+        self.faults: dict[str, str] = {}
+        for item in os.environ.get("FAULTS", "").split(","):
+            if not item.strip():
+                continue
+            pair, _, fault = item.strip().partition("=")
+            if fault not in FAULTS:
+                raise ValueError(f"FAULTS: unknown fault {fault!r} for {pair!r}")
+            self.faults[pair] = fault
+        self.healthy = LogLinearTrendModel()
+
+    def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int) -> float:
+        fault = self.faults.get(pair)
+        if fault is None:
+            return self.healthy.predict(pair, prices, horizon_seconds)
+        if fault == "raise":
+            raise RuntimeError(f"model exploded on {pair}")
+        return BAD_PRICES[fault]

@@ -1,0 +1,547 @@
+"""Faults under load and in the data: two beats, a stampede, a broken model, corrupt
+entries and a Redis short of memory, each against the real processes."""
+
+from __future__ import annotations
+
+import http.client
+import math
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+import urllib3
+
+from predictions.keys import prediction_key
+from predictions.prediction import FIELDS, Prediction
+from predictions.store import PredictionStore
+from tests.integration.conftest import TEST_PAIRS, TEST_TTL, ProcessFactory
+from tests.processes import Process, RedisServer, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+PAIRS = TEST_PAIRS.split(",")
+HTTP = urllib3.PoolManager(maxsize=16, retries=False, timeout=urllib3.Timeout(total=15))
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Any
+    body: dict[str, Any]
+    seconds: float
+    started: float  # time.monotonic() when the request was sent
+
+
+def get(api: Process, path: str, http: urllib3.PoolManager = HTTP) -> Answer:
+    started = time.monotonic()
+    response = http.request("GET", f"http://{api.env['API_BIND']}{path}")
+    seconds = time.monotonic() - started
+    body = orjson.loads(response.data) if response.data else {}
+    return Answer(response.status, response.headers, body, seconds, started)
+
+
+def computations(process: Process, pair: str) -> int:
+    return process.count(f"computed prediction pair={pair} ")
+
+
+def cached(redis_server: RedisServer, pairs: list[str]) -> bool:
+    return all(redis_server.client().exists(prediction_key(pair)) for pair in pairs)
+
+
+def stored(redis_server: RedisServer, pair: str) -> dict[str, Any] | None:
+    raw = redis_server.client().get(prediction_key(pair))
+    return None if raw is None else orjson.loads(raw)  # type: ignore[arg-type]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile, as scripts/time_requests.py reports them."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+class Hammer:
+    """A thread sending requests back to back on one keep-alive connection.
+
+    http.client rather than urllib3: the less the client spends per request, the more
+    the timings are the API's.
+    """
+
+    def __init__(self, api: Process, paths: list[str]) -> None:
+        host, port = api.env["API_BIND"].rsplit(":", 1)
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=5)
+        self.paths = paths
+        self.answers: list[Answer] = []
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Hammer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.connection.close()
+
+    def _run(self) -> None:
+        index = 0
+        while not self._stop.is_set():
+            path = self.paths[index % len(self.paths)]
+            try:
+                started = time.monotonic()
+                self.connection.request("GET", path)
+                response = self.connection.getresponse()
+                body = orjson.loads(response.read())
+                seconds = time.monotonic() - started
+            except Exception as exc:  # reported by the test, not lost in the thread
+                self.errors.append(exc)
+                return
+            self.answers.append(Answer(response.status, response.headers, body, seconds, started))
+            index += 1
+
+
+# --- 5. Two beats by mistake: still one refresh per pair per interval ----------------
+
+SENT = "Sending due task refresh-all-predictions"
+
+
+def finished_refresh_alls(worker: Process) -> int:
+    """refresh_all tasks the worker ran, or dropped as expired."""
+    return sum(
+        "predictions.refresh_all[" in line and ("succeeded" in line or "Discarding" in line)
+        for line in worker.output().splitlines()
+    )
+
+
+def test_two_beats_refresh_each_pair_once_per_interval(
+    start: ProcessFactory, redis_server: RedisServer
+) -> None:
+    # A near-instant model: with TEST_MODEL_LATENCY, two fan-outs less than that far
+    # apart would also be collapsed by the per-pair compute locks, hiding whether the
+    # refresh slot works. Here only the slot can stop the second beat's refresh.
+    env = {"SIMULATED_MODEL_LATENCY_SECONDS": "0.02"}
+    worker = start("worker", **env)
+    beat_a = start("beat", name="beat-a", **env)
+    wait_for(lambda: cached(redis_server, PAIRS), 30, what="every pair cached")
+    beat_b = start("beat", name="beat-b", **env)
+    wait_for(lambda: beat_b.count(SENT) >= 1, 30, what="the second beat sending")
+
+    intervals = 8
+    before = {pair: computations(worker, pair) for pair in PAIRS}
+    skipped_before = worker.count("refresh skipped")
+    finished_before = finished_refresh_alls(worker)
+    sent_before = beat_a.count(SENT), beat_b.count(SENT)
+    wait_for(
+        lambda: (
+            beat_a.count(SENT) >= sent_before[0] + intervals
+            and beat_b.count(SENT) >= sent_before[1] + intervals
+        ),
+        intervals + 15,
+        what=f"both beats sending {intervals} more refreshes",
+    )
+    # Both beats' refreshes reached the worker, which ran (or skipped) them.
+    wait_for(
+        lambda: finished_refresh_alls(worker) >= finished_before + 2 * intervals,
+        15,
+        what="the worker running both beats' refreshes",
+    )
+    skipped = worker.count("refresh skipped") - skipped_before
+    computed = {pair: computations(worker, pair) - before[pair] for pair in PAIRS}
+    # Once per interval, give or take the refresh in flight at either end; not twice.
+    for pair, count in computed.items():
+        assert intervals - 2 <= count <= intervals + 2, (pair, computed, skipped)
+    # What kept it to once: one of each interval's two refreshes was skipped.
+    assert intervals - 2 <= skipped <= intervals + 2, skipped
+
+
+# --- 6. A stampede of cold misses, while a warm pair keeps being served ---------------
+
+
+def burst(api: Process, paths: list[str]) -> list[Answer]:
+    """Send every request at once, and time each answer as it arrives.
+
+    One thread and raw sockets: 160 client threads would contend for the GIL (and for
+    this machine's two cores) with the API, and time themselves more than the API.
+    """
+    host, port = api.env["API_BIND"].rsplit(":", 1)
+    selector = selectors.DefaultSelector()
+    started: list[float] = []
+    received: list[bytearray] = []
+    arrived: dict[int, float] = {}
+    for index, path in enumerate(paths):
+        sock = socket.create_connection((host, int(port)), timeout=15)
+        started.append(time.monotonic())
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        received.append(bytearray())
+        selector.register(sock, selectors.EVENT_READ, index)
+    deadline = time.monotonic() + 15
+    while len(arrived) < len(paths):
+        assert time.monotonic() < deadline, f"{len(paths) - len(arrived)} answers missing"
+        for key, _ in selector.select(timeout=1):
+            sock, index = key.fileobj, key.data
+            assert isinstance(sock, socket.socket)
+            chunk = sock.recv(65536)
+            if chunk:
+                received[index] += chunk
+            else:  # Connection: close, so the end of the answer
+                arrived[index] = time.monotonic()
+                selector.unregister(sock)
+                sock.close()
+    selector.close()
+    answers = []
+    for index, raw in enumerate(received):
+        head, _, body = bytes(raw).partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines)
+        seconds = arrived[index] - started[index]
+        answers.append(
+            Answer(
+                int(status_line.split()[1]), headers, orjson.loads(body), seconds, started[index]
+            )
+        )
+    return answers
+
+
+STAMPEDE_PAIRS = ["ETH-EUR", "BTC-EUR", "ETH-USD", "BTC-USD"]
+WARM_PAIR = "SOL-EUR"
+
+
+ACCESS = "ACCESS"
+MODEL_LATENCY = 1.0
+
+
+def server_seconds(api: Process, status: int) -> list[float]:
+    """How long the API took over each answer with this status (its access log)."""
+    return [
+        int(line.split()[2]) / 1e6
+        for line in api.output().splitlines()
+        if line.startswith(f"{ACCESS} {status} ")
+    ]
+
+
+def test_stampede_computes_each_pair_once_sheds_load_fast_and_hits_stay_fast(
+    start: ProcessFactory,
+) -> None:
+    api = start(
+        "api",
+        PAIRS=",".join([*STAMPEDE_PAIRS, WARM_PAIR]),
+        API_WORKERS="2",
+        SIMULATED_MODEL_LATENCY_SECONDS=str(MODEL_LATENCY),
+        # As many computations as waiting misses (API_THREADS // 2): only the compute
+        # lock, not this bound, can then keep two requests from computing one pair.
+        MAX_CONCURRENT_COMPUTES="4",
+        # No refresh runs here: a TTL longer than the test keeps the warm pair warm.
+        PREDICTION_TTL_SECONDS="120",
+        REFRESH_INTERVAL_SECONDS="40",
+        # Every hit reads Redis, so the hits below measure Redis under the stampede's
+        # lock polling, not the API's in-process copy.
+        NEAR_CACHE_SECONDS="0",
+        # gunicorn's own time for each request (%(D)s, microseconds), queueing excluded.
+        GUNICORN_CMD_ARGS=f"--access-logfile - --access-logformat '{ACCESS} %(s)s %(D)s'",
+    )
+    assert get(api, f"/predict/{WARM_PAIR}").status == 200
+    paths = [f"/predict/{pair}" for pair in STAMPEDE_PAIRS] * 40
+
+    with Hammer(api, [f"/predict/{WARM_PAIR}"]) as hammer:
+        wait_for(lambda: len(hammer.answers) >= 20, 10, what="warm hits flowing")
+        answers = burst(api, paths)
+    assert not hammer.errors, hammer.errors
+    stampede_started = min(a.started for a in answers)
+    stampede_ended = max(a.started + a.seconds for a in answers)
+
+    # Beyond the bound (2 processes x 4 waiting misses), a quick 503.
+    statuses = {a.status for a in answers}
+    assert statuses == {200, 503}, statuses
+    for path, answer in zip(paths, answers, strict=True):
+        if answer.status == 503:
+            assert answer.body["error"]["code"] == "overloaded", answer.body
+            assert answer.headers["Retry-After"] == "1"
+            assert answer.headers["Content-Type"] == "application/json"
+            # Turned away at once, not held until some computation ended.
+            assert answer.seconds < MODEL_LATENCY, (path, answer.seconds)
+        else:
+            assert answer.headers["X-Cache"] in {"MISS", "HIT"}
+            assert set(answer.body) == FIELDS and path.endswith(answer.body["pair"])
+    shed = server_seconds(api, 503)
+    assert len(shed) == sum(a.status == 503 for a in answers)
+    assert max(shed) < 0.1, sorted(shed)[-5:]
+
+    # Clients told to retry do so after Retry-After, and then get the one prediction.
+    def get_path(index: int) -> Answer:
+        return get(api, paths[index])
+
+    deadline = time.monotonic() + 20
+    while retry := [i for i, answer in enumerate(answers) if answer.status == 503]:
+        assert time.monotonic() < deadline, [answers[i].body for i in retry]
+        time.sleep(int(answers[retry[0]].headers["Retry-After"]))
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for index, answer in zip(retry, pool.map(get_path, retry), strict=True):
+                answers[index] = answer
+    for pair in STAMPEDE_PAIRS:
+        times = {a.body["computed_at"] for a in answers if a.body["pair"] == pair}
+        assert len(times) == 1, (pair, times)
+        assert computations(api, pair) == 1, pair
+    assert computations(api, WARM_PAIR) == 1  # the warm-up, never again
+
+    during = [a for a in hammer.answers if stampede_started <= a.started <= stampede_ended]
+    assert len(during) >= 20, len(during)
+    assert {(a.status, a.headers["X-Cache"]) for a in during} == {(200, "HIT")}
+    p99 = percentile([a.seconds for a in during], 0.99)
+    assert p99 < 0.05, f"p99 of {len(during)} warm hits during the stampede: {p99 * 1000:.1f} ms"
+
+
+# --- 7. A model that fails for some pairs -------------------------------------------
+
+# Each failing pair shares a refresh batch with a healthy one (4 pool processes, so
+# batches of two in this order): a failure must not cost its neighbour its refresh.
+FAULT_PAIRS = ["ETH-EUR", "SOL-EUR", "BTC-EUR", "SOL-USD", "ETH-USD", "BTC-USD"]
+FAULTS = {"ETH-EUR": "raise", "BTC-EUR": "nan", "ETH-USD": "inf", "BTC-USD": "negative"}
+HEALTHY = [pair for pair in FAULT_PAIRS if pair not in FAULTS]
+STALE_GRACE = 2.0
+
+
+def test_a_failing_model_writes_nothing_for_its_pairs_and_the_rest_stay_fresh(
+    start: ProcessFactory, redis_server: RedisServer
+) -> None:
+    env = {
+        "PAIRS": ",".join(FAULT_PAIRS),
+        "MODEL": "tests.fault_models:PairFaultModel",
+        "FAULTS": ",".join(f"{pair}={fault}" for pair, fault in FAULTS.items()),
+        "STALE_GRACE_SECONDS": str(STALE_GRACE),
+        # One API process that reads Redis on every request: the stale answer below
+        # comes from the process that served the pair, and no near copy hides a miss.
+        "API_WORKERS": "1",
+        "NEAR_CACHE_SECONDS": "0",
+    }
+    worker = start("worker", **env)
+    start("beat", **env)
+    client = redis_server.client()
+
+    # The healthy pairs are refreshed again and again; the failing ones never written.
+    seen: dict[str, set[str]] = {pair: set() for pair in HEALTHY}
+    deadline = time.monotonic() + 30
+    while min(len(times) for times in seen.values()) < 3:
+        assert time.monotonic() < deadline, f"healthy pairs not refreshed: {seen}"
+        for pair in FAULTS:
+            assert not client.exists(prediction_key(pair)), pair
+        for pair in HEALTHY:
+            entry = stored(redis_server, pair)
+            if entry is not None:
+                seen[pair].add(entry["computed_at"])
+        time.sleep(0.05)
+    for pair in FAULTS:
+        assert worker.count(f"prediction failed pair={pair} ") >= 2, pair
+        assert not client.exists(prediction_key(pair)), pair
+
+    api = start("api", **env)
+    for pair in FAULTS:
+        answer = get(api, f"/predict/{pair}")
+        assert answer.status == 503, (pair, answer.body)
+        assert answer.body["error"]["code"] == "prediction_failed"
+        assert answer.headers["Retry-After"] == "1"
+        assert api.count(f"prediction failed pair={pair} ") == 1
+        assert not client.exists(prediction_key(pair)), pair
+    for pair in HEALTHY:
+        assert get(api, f"/predict/{pair}").status == 200
+
+    # A prediction the model made before it broke, served while it lasts, then stale
+    # within the grace period, then an error: never a price older than the grace.
+    pair = "ETH-EUR"
+    now = time.time()
+    previous = Prediction(
+        pair=pair,
+        predicted_price=3000.0,
+        horizon_seconds=300,
+        computed_at=round(now, 3),
+        expires_at=round(now + 1.5, 3),
+        model_version="before-the-bug-1",
+        data_source="synthetic",
+        compute_seconds=0.3,
+    )
+    assert PredictionStore(client).write(previous, now)
+    answer = get(api, f"/predict/{pair}")
+    assert (answer.status, answer.headers["X-Cache"]) == (200, "HIT")
+    wait_for(lambda: not client.exists(prediction_key(pair)), 5, what="the entry expiring")
+    answer = get(api, f"/predict/{pair}")
+    assert (answer.status, answer.headers["X-Cache"]) == (200, "STALE"), answer.body
+    assert answer.body["stale"] is True
+    assert answer.body["model_version"] == "before-the-bug-1"
+    assert answer.body["computed_at"] == previous.to_dict()["computed_at"]
+    wait_for(lambda: get(api, f"/predict/{pair}").status == 503, 10, what="stale grace running out")
+    assert time.time() >= previous.expires_at + STALE_GRACE - 0.1
+    assert get(api, f"/predict/{pair}").body["error"]["code"] == "prediction_failed"
+    assert not client.exists(prediction_key(pair))
+    assert "unhandled error" not in api.output()
+
+
+# --- 8. Corrupt entries in Redis ----------------------------------------------------
+
+CORRUPT_PAIRS = [
+    "ETH-EUR",
+    "BTC-EUR",
+    "ETH-USD",
+    "BTC-USD",
+    "SOL-EUR",
+    "SOL-USD",
+    "LTC-EUR",
+    "LTC-USD",
+    "XRP-EUR",
+    "XRP-USD",
+    "ADA-EUR",
+    "ADA-USD",
+]
+
+
+def valid_entry(pair: str, **changes: Any) -> bytes:
+    """What the service would store for ``pair``, with some fields changed."""
+    now = time.time()
+    entry = Prediction(
+        pair=pair,
+        predicted_price=100.0,
+        horizon_seconds=300,
+        computed_at=now,
+        expires_at=now + 60,
+        model_version="log-linear-trend-1",
+        data_source="synthetic",
+        compute_seconds=0.3,
+    ).to_dict()
+    return orjson.dumps(entry | changes)
+
+
+Corruption = Callable[[Any, str], object]
+
+CORRUPTIONS: dict[str, Corruption] = {
+    "not JSON": lambda r, key: r.set(key, b"{not json", ex=60),
+    "wrong schema": lambda r, key: r.set(key, b'{"price": 1, "when": "now"}', ex=60),
+    "missing field": lambda r, key: r.set(
+        key, orjson.dumps({k: v for k, v in orjson.loads(valid_entry("X")).items() if k != "pair"})
+    ),
+    "another pair's entry": lambda r, key: r.set(key, valid_entry("BTC-GBP"), ex=60),
+    "NaN literal": lambda r, key: r.set(
+        key, valid_entry(key.split(":")[-1]).replace(b"100.0", b"NaN"), ex=60
+    ),
+    "negative price": lambda r, key: r.set(
+        key, valid_entry(key.split(":")[-1], predicted_price=-5.0), ex=60
+    ),
+    "a hash": lambda r, key: r.hset(key, mapping={"pair": key, "predicted_price": "1"}),
+    "a list": lambda r, key: r.rpush(key, b"1", b"2"),
+    "an empty string": lambda r, key: r.set(key, b""),
+    "JSON null": lambda r, key: r.set(key, b"null"),
+    "a JSON array": lambda r, key: r.set(key, b"[1, 2, 3]", ex=60),
+    # Thousands of times a prediction's size: read within the 0.3 s socket timeout.
+    "8 MiB of binary garbage": lambda r, key: r.set(key, bytes(range(256)) * 32768, ex=60),
+}
+
+
+def test_corrupt_entries_are_recomputed_on_request_never_a_500(
+    start: ProcessFactory, redis_server: RedisServer
+) -> None:
+    api = start("api", PAIRS=",".join(CORRUPT_PAIRS))
+    client = redis_server.client()
+    cases = dict(zip(CORRUPT_PAIRS, CORRUPTIONS.items(), strict=True))
+    for pair, (_, corrupt) in cases.items():
+        corrupt(client, prediction_key(pair))
+    assert client.dbsize() == len(cases)
+
+    for pair, (what, _) in cases.items():
+        answer = get(api, f"/predict/{pair}")
+        assert (answer.status, answer.headers.get("X-Cache")) == (200, "MISS"), (what, answer)
+        assert set(answer.body) == FIELDS and answer.body["pair"] == pair, what
+        assert answer.body["predicted_price"] > 0, what
+        assert client.type(prediction_key(pair)) == b"string", what
+        assert stored(redis_server, pair) == answer.body, what
+        assert 0 < client.pttl(prediction_key(pair)) <= TEST_TTL * 1000, what
+        assert computations(api, pair) == 1, what
+        again = get(api, f"/predict/{pair}")
+        assert (again.status, again.headers["X-Cache"]) == (200, "HIT"), what
+    assert "unhandled error" not in api.output()
+
+
+# --- 10. Redis short of memory: the cache is evicted, the broker never ---------------
+
+
+def broker_snapshot(broker: Any) -> dict[bytes, bytes]:
+    """Every key of the broker's database that has no expiry, with its type."""
+    return {key: broker.type(key) for key in broker.keys("*") if broker.pttl(key) == -1}
+
+
+def evicted_keys(client: Any) -> int:
+    return int(client.info("stats")["evicted_keys"])
+
+
+def test_memory_pressure_evicts_the_cache_never_the_broker_queue(
+    start: ProcessFactory, redis_server: RedisServer
+) -> None:
+    worker = start("worker")
+    start("beat")
+    api = start("api")
+    wait_for(lambda: cached(redis_server, PAIRS), 30, what="every pair cached")
+    cache, broker = redis_server.client(0), redis_server.client(1)
+    # The policy the embedded and compose Redis run with (scripts/embedded_redis.py).
+    assert cache.config_get("maxmemory-policy")["maxmemory-policy"] == "volatile-lru"
+    original_maxmemory = cache.config_get("maxmemory")["maxmemory"]
+    filler = b"x" * 1024
+    filled = 0
+
+    def fill(count: int) -> None:
+        nonlocal filled
+        pipe = cache.pipeline(transaction=False)
+        for index in range(filled, filled + count):
+            pipe.set(f"pressure:{index}", filler, ex=300)
+        pipe.execute()
+        filled += count
+
+    paths = [f"/predict/{pair}" for pair in PAIRS]
+    worker.signal(signal.SIGSTOP)  # refreshes pile up in the broker's queue
+    try:
+        with Hammer(api, paths) as hammer:
+            wait_for(lambda: broker.llen("celery") >= 3, 15, what="messages queued")
+            before = broker_snapshot(broker)
+            assert {b"celery", b"_kombu.binding.celery"} <= set(before), before
+            queued = set(broker.lrange("celery", 0, -1))
+            evicted_before = evicted_keys(cache)
+            cache.config_set("maxmemory", int(cache.info("memory")["used_memory"]) + 4 * 2**20)
+            # Several times the headroom, in TTL'd keys as the cache's own are.
+            for _ in range(40):
+                fill(500)
+                after = broker_snapshot(broker)
+                assert not before.items() - after.items(), (before, after)
+            evicted = evicted_keys(cache) - evicted_before
+            assert evicted > 5000, evicted
+            assert queued <= set(broker.lrange("celery", 0, -1))
+
+            # The worker resumes: it drains the queue and refreshes every pair into a
+            # full cache, each write evicting something else.
+            computed_before = {pair: computations(worker, pair) for pair in PAIRS}
+            worker.signal(signal.SIGCONT)
+            wait_for(
+                lambda: (
+                    all(computations(worker, p) > computed_before[p] for p in PAIRS)
+                    and cached(redis_server, PAIRS)
+                ),
+                30,
+                what="the worker refreshing every pair under memory pressure",
+            )
+            fill(2000)
+            assert evicted_keys(cache) - evicted_before > evicted
+        assert not hammer.errors, hammer.errors
+    finally:
+        worker.signal(signal.SIGCONT)
+        cache.config_set("maxmemory", original_maxmemory)
+
+    assert broker.exists("_kombu.binding.celery")
+    statuses = {answer.status for answer in hammer.answers}
+    assert statuses <= {200, 503} and 200 in statuses, statuses
+    for answer in hammer.answers:
+        if answer.status == 503:
+            assert set(answer.body["error"]) == {"status", "code", "message"}
+    assert "unhandled error" not in api.output()

@@ -1,0 +1,655 @@
+"""Faults injected into the real system: Redis killed or frozen, workers and beat killed.
+
+Each test states its acceptance bar in its docstring. The system runs with the test
+settings of conftest.py (TTL 4 s, a refresh every second), overridden per test where
+the fault needs it; every wait polls with a deadline, and a fault is only held (slept)
+for its stated duration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+import urllib3
+
+from predictions.keys import compute_lock_key, prediction_key
+from predictions.market_data import build_market_data
+from predictions.prediction import Prediction, parse_time
+from predictions.predictor import Predictor
+from predictions.redis_client import make_redis
+from predictions.settings import Settings
+from predictions.store import PredictionStore
+from tests.integration.conftest import TEST_PAIRS, TEST_REFRESH, TEST_TTL, ProcessFactory
+from tests.processes import Process, RedisServer, wait_for
+from tests.support import CountingModel
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+PAIRS = TEST_PAIRS.split(",")
+FAULT_SECONDS = 10  # how long Redis stays dead or frozen
+ANSWER_WITHIN = 2.0  # every request is answered within this, whatever the fault
+# After a fault ends, every pair is a HIT again within one refresh interval plus this.
+RECOVERY_SECONDS = TEST_REFRESH + 10
+# No pair's newest prediction may be older than this (acceptance bar of worker faults).
+FRESHNESS_BOUND = 2 * TEST_REFRESH + TEST_TTL
+
+
+# --- processes -----------------------------------------------------------------------
+
+
+def children(pid: int) -> set[int]:
+    """The PIDs of a process's direct children (gunicorn workers, Celery's pool)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.update(int(child) for child in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+def process_tree(*processes: Process) -> dict[str, tuple[int, frozenset[int]]]:
+    """Each process's PID and its children's: equal before and after = nothing restarted."""
+    return {p.name: (p.pid, frozenset(children(p.pid))) for p in processes}
+
+
+def wchan(pid: int) -> str:
+    """Where in the kernel a process sleeps: hrtimer_nanosleep while in time.sleep."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return ""
+
+
+class LogCursor:
+    """The part of a process's log written after a point in time."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        self.offset = len(process.output())
+
+    def text(self) -> str:
+        return self.process.output()[self.offset :]
+
+    def count(self, text: str) -> int:
+        return self.text().count(text)
+
+
+def all_cached(redis_server: RedisServer) -> bool:
+    return all(redis_server.client().exists(prediction_key(pair)) for pair in PAIRS)
+
+
+def stored(client: redis.Redis) -> dict[str, Prediction | None]:
+    """Every pair's prediction as Redis holds it now (None: absent)."""
+    values = client.mget([prediction_key(pair) for pair in PAIRS])
+    return {
+        pair: None if raw is None else Prediction.from_json(raw, pair)
+        for pair, raw in zip(PAIRS, values, strict=True)
+    }
+
+
+def refreshed_since(redis_server: RedisServer, moment: float) -> bool:
+    """Has every pair been computed after ``moment`` (Unix time)?"""
+    found = stored(redis_server.client()).values()
+    return all(p is not None and p.computed_at > moment for p in found)
+
+
+@contextmanager
+def killed(redis_server: RedisServer) -> Iterator[None]:
+    """Redis SIGKILLed, as in a crash; restarted, empty, on the same port on exit."""
+    redis_server.kill()
+    try:
+        yield
+    finally:
+        redis_server.start()
+
+
+@contextmanager
+def frozen(redis_server: RedisServer) -> Iterator[None]:
+    """Redis SIGSTOPped: connections are accepted, nothing is answered; SIGCONT on exit."""
+    assert redis_server.process is not None
+    redis_server.process.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        redis_server.process.signal(signal.SIGCONT)
+
+
+# --- load ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    sent: float  # time.monotonic() when the request was sent
+    pair: str
+    status: int | None  # None: no answer within the client's timeout
+    cache: str | None
+    retry_after: str | None
+    stale: object
+    seconds: float
+    expired_for: float = 0.0  # how long before the request its prediction had expired
+    error: str = ""
+
+
+class LoadGenerator:
+    """About ``rate`` requests a second over the pairs, from a few threads, until stopped.
+
+    Each thread sends on its own fixed schedule and skips what it missed rather than
+    bursting to catch up, so a slow API sees the same offered load throughout. The
+    client's timeout is well past ANSWER_WITHIN: a slow answer is measured, not cut.
+    """
+
+    def __init__(
+        self,
+        api: Process,
+        rate: float = 100,
+        threads: int = 16,
+        timeout: float = 5.0,
+        max_seconds: float = 60,
+    ) -> None:
+        self.base = f"http://{api.env['API_BIND']}"
+        self.period = threads / rate
+        self.threads = threads
+        self.max_seconds = max_seconds
+        self.http = urllib3.PoolManager(
+            maxsize=threads, retries=False, timeout=urllib3.Timeout(total=timeout)
+        )
+        self.samples: list[Sample] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> LoadGenerator:
+        started = time.monotonic()
+        for index in range(self.threads):
+            offset = self.period * index / self.threads
+            thread = threading.Thread(target=self._run, args=(index, started + offset))
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+        self.http.clear()
+        assert not any(t.is_alive() for t in self._threads), "load threads did not stop"
+
+    def since(self, moment: float, until: float = float("inf")) -> list[Sample]:
+        with self._lock:
+            return [s for s in self.samples if moment <= s.sent < until]
+
+    def _run(self, index: int, next_at: float) -> None:
+        ends = time.monotonic() + self.max_seconds
+        count = 0
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            now = time.monotonic()
+            if now > ends:
+                return
+            pair = PAIRS[(index + count) % len(PAIRS)]
+            count += 1
+            sample = self._request(pair)
+            with self._lock:
+                self.samples.append(sample)
+            next_at += self.period
+            if next_at < time.monotonic():  # fell behind: skip, do not burst
+                next_at = time.monotonic()
+
+    def _request(self, pair: str) -> Sample:
+        sent = time.monotonic()
+        sent_at = time.time()
+        try:
+            response = self.http.request("GET", f"{self.base}/predict/{pair}")
+        except urllib3.exceptions.HTTPError as exc:
+            seconds = time.monotonic() - sent
+            return Sample(sent, pair, None, None, None, None, seconds, error=repr(exc))
+        seconds = time.monotonic() - sent
+        stale: object = None
+        expired_for = 0.0
+        if response.status == 200:
+            body = orjson.loads(response.data)
+            stale = body.get("stale")
+            expired_for = sent_at - parse_time(body["expires_at"], pair)
+        return Sample(
+            sent,
+            pair,
+            response.status,
+            response.headers.get("X-Cache"),
+            response.headers.get("Retry-After"),
+            stale,
+            seconds,
+            expired_for,
+        )
+
+
+def check_answers(samples: list[Sample]) -> None:
+    """The bar for every request under a Redis fault: quick, and 200 or a 503 to retry."""
+    unanswered = [s for s in samples if s.status is None]
+    assert not unanswered, f"{len(unanswered)} requests got no answer: {unanswered[:3]}"
+    slow = [s for s in samples if s.seconds >= ANSWER_WITHIN]
+    assert not slow, f"{len(slow)} answers took {ANSWER_WITHIN} s or more: {slow[:3]}"
+    assert not [s for s in samples if s.status == 500]
+    kinds = {(s.status, s.cache if s.status == 200 else s.retry_after) for s in samples}
+    allowed = {(200, "HIT"), (200, "MISS"), (200, "STALE"), (503, "1")}
+    assert kinds <= allowed, kinds - allowed
+    # Only a stale answer says so, and it always does.
+    assert all((s.stale is True) == (s.cache == "STALE") for s in samples if s.status == 200)
+    # A fresh answer had not expired before it was asked for (slack: ms rounding).
+    expired = [s for s in samples if s.cache in ("HIT", "MISS") and s.expired_for > 0.01]
+    assert not expired, f"{len(expired)} expired predictions served as fresh: {expired[:3]}"
+
+
+def summary(samples: list[Sample]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in samples:
+        key = f"{s.status} {s.cache or ''}".strip()
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def api_get(api: Process, pair: str) -> urllib3.BaseHTTPResponse:
+    url = f"http://{api.env['API_BIND']}/predict/{pair}"
+    return urllib3.request("GET", url, timeout=5, retries=False)
+
+
+def all_hits(api: Process) -> bool:
+    return all(api_get(api, pair).headers.get("X-Cache") == "HIT" for pair in PAIRS)
+
+
+# --- Redis killed or frozen under load -------------------------------------------------
+
+
+def run_redis_fault(
+    start: ProcessFactory,
+    redis_server: RedisServer,
+    fault: Callable[[RedisServer], AbstractContextManager[None]],
+) -> None:
+    """Hold a Redis fault for FAULT_SECONDS under ~100 requests/s; check the bar."""
+    worker = start("worker")
+    beat = start("beat")
+    wait_for(lambda: all_cached(redis_server), 30, what="every pair cached by the worker")
+    api = start("api")
+    wait_for(lambda: all_hits(api), 10, what="every pair a HIT before the fault")
+    before = process_tree(api, worker, beat)
+
+    with LoadGenerator(api) as load:
+        wait_for(lambda: len(load.since(0)) >= 100, 10, what="load running")
+        fault_began = time.monotonic()
+        with fault(redis_server):
+            time.sleep(FAULT_SECONDS)  # the fault's stated duration
+        restored = time.monotonic()
+        restored_at = time.time()
+        worker_log = LogCursor(worker)
+        wait_for(lambda: all_hits(api), RECOVERY_SECONDS, what="every pair a HIT again")
+        recovered = time.monotonic() - restored
+        # The worker refreshes again, too: every pair recomputed after the fault, and
+        # by the worker (the API's misses may have been first).
+        wait_for(
+            lambda: (
+                refreshed_since(redis_server, restored_at)
+                and re.search(r"refreshed pairs=\d+ written=[1-9]", worker_log.text())
+            ),
+            RECOVERY_SECONDS,
+            what="the worker refreshing again",
+        )
+        worker_back = time.monotonic() - restored
+        time.sleep(1)  # a little load after recovery, too
+
+    during = load.since(fault_began, restored)
+    print(
+        f"{fault.__name__}: {len(load.samples)} requests, during the fault {summary(during)}, "
+        f"all HIT again after {recovered:.1f} s, worker refreshing after {worker_back:.1f} s, "
+        f"slowest answer {max(s.seconds for s in load.samples):.3f} s"
+    )
+    check_answers(load.samples)
+    # About 100 requests/s were offered during the fault, and it did reach the API.
+    assert len(during) >= 0.7 * 100 * FAULT_SECONDS, summary(during)
+    assert {s.cache for s in during} - {"HIT"}, "the fault never showed"
+    assert "WORKER TIMEOUT" not in api.output()
+    assert all(p.running() for p in (api, worker, beat))
+    assert process_tree(api, worker, beat) == before, "a process was restarted"
+
+
+def test_redis_killed_for_ten_seconds_under_load(
+    start: ProcessFactory, redis_server: RedisServer
+) -> None:
+    """Redis SIGKILLed for 10 s, then restarted empty on the same port, under ~100 req/s.
+
+    Every request is answered within 2 s, with 200 (HIT, MISS or a marked STALE) or a
+    503 with Retry-After, never a 500; gunicorn kills no worker; every pair is a HIT
+    again within a refresh interval plus 10 s, and no process was restarted.
+    """
+    run_redis_fault(start, redis_server, killed)
+
+
+def test_redis_frozen_for_ten_seconds_under_load(
+    start: ProcessFactory, redis_server: RedisServer
+) -> None:
+    """Redis SIGSTOPped for 10 s, then SIGCONT: the same bar as a killed Redis.
+
+    A frozen server accepts connections and never answers, so only timeouts bound a
+    call: this is the fault that client defaults get wrong (see the next test).
+    """
+    run_redis_fault(start, redis_server, frozen)
+
+
+def test_a_frozen_redis_blocks_default_clients_but_not_make_redis(
+    redis_server: RedisServer,
+) -> None:
+    """Why make_redis sets every timeout: redis-py's defaults wait on a frozen server."""
+    default = redis.Redis(port=redis_server.port)
+    ours = make_redis(Settings(redis_url=redis_server.url), client_name="fault-test")
+    assert default.ping() and ours.ping()  # both connected before the freeze
+    finished = threading.Event()
+
+    def default_get() -> None:
+        try:
+            default.get("anything")
+        except redis.RedisError:
+            pass
+        finished.set()
+
+    blocked = threading.Thread(target=default_get, daemon=True)
+    with frozen(redis_server):
+        started = time.monotonic()
+        blocked.start()
+        with pytest.raises((redis.TimeoutError, redis.ConnectionError)):
+            ours.get("anything")
+        ours_seconds = time.monotonic() - started
+        # Bounded: it only has to be still waiting well past an acceptable answer.
+        still_blocked = not finished.wait(started + 3.0 - time.monotonic())
+    blocked.join(10)  # answered once Redis runs again
+    default.close()
+    ours.close()
+    print(f"make_redis failed after {ours_seconds:.2f} s; the default client still waited")
+    assert ours_seconds < 1.0
+    assert still_blocked, "redis-py's default client gave up on a frozen Redis"
+    assert finished.is_set()
+
+
+def test_a_write_lost_in_a_frozen_redis_does_not_come_back_expired(
+    redis_server: RedisServer,
+) -> None:
+    """A write that timed out on a frozen Redis still runs when it thaws (it waited in
+    the socket buffers); the store must not then serve that prediction past its expiry.
+
+    This is how the frozen-Redis test above can see HITs that expired seconds earlier:
+    the worker's write of a one-second TTL lands ten seconds late, with its relative PX.
+    """
+    store = PredictionStore(
+        make_redis(Settings(redis_url=redis_server.url), client_name="fault-test")
+    )
+    predictor = Predictor(CountingModel(), build_market_data("synthetic"), 300, ttl_seconds=1)
+    prediction = predictor.compute("ETH-EUR")
+    assert store.redis.ping()
+    with frozen(redis_server):
+        with pytest.raises((redis.TimeoutError, redis.ConnectionError)):
+            store.write(prediction, time.time())
+        time.sleep(max(0.0, prediction.expires_at + 0.5 - time.time()))  # past its expiry
+    # Watch for as long as the late write could keep the key: it is never served.
+    watch_until = time.monotonic() + 1.5
+    while time.monotonic() < watch_until:
+        found = store.read("ETH-EUR")
+        assert found is None, f"served {time.time() - found.expires_at:.2f} s after expiry"
+        time.sleep(0.05)
+
+
+# --- Celery pool process and worker killed --------------------------------------------
+
+
+class FreshnessMonitor:
+    """Samples every pair in Redis every ~100 ms: absent keys, and the age of the newest
+    prediction seen for the pair (so a pair absent for long also grows old)."""
+
+    def __init__(self, redis_server: RedisServer, interval: float = 0.1) -> None:
+        self.client = redis_server.client()
+        self.interval = interval
+        # (Unix time, pair, present, age of the newest prediction seen)
+        self.samples: list[tuple[float, str, bool, float]] = []
+        self._newest: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> FreshnessMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.client.close()
+
+    def absent(self, since: float, until: float = float("inf")) -> list[tuple[float, str]]:
+        return [
+            (t, pair) for t, pair, present, _ in self.samples if since <= t < until and not present
+        ]
+
+    def too_old(self, since: float, until: float = float("inf")) -> list[tuple[float, str, float]]:
+        return [
+            (t, pair, age)
+            for t, pair, _, age in self.samples
+            if since <= t < until and age > FRESHNESS_BOUND
+        ]
+
+    def oldest(self, since: float, until: float = float("inf")) -> float:
+        return max((age for t, _, _, age in self.samples if since <= t < until), default=0.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            now = time.time()
+            for pair, prediction in stored(self.client).items():
+                if prediction is not None:
+                    self._newest[pair] = max(self._newest.get(pair, 0.0), prediction.computed_at)
+                age = now - self._newest.get(pair, now)
+                self.samples.append((now, pair, prediction is not None, age))
+
+
+def busy_pool_process(worker: Process) -> int | None:
+    """A pool process in the middle of a refresh: asleep in the model's latency."""
+    for pid in children(worker.pid):
+        if wchan(pid) == "hrtimer_nanosleep":
+            return pid
+    return None
+
+
+def test_killed_pool_process_and_worker_keep_predictions_fresh(
+    start: ProcessFactory, redis_server: RedisServer
+) -> None:
+    """A pool process SIGKILLed mid-refresh, then the whole worker: predictions stay fresh.
+
+    The refresh the pool process was running is redone (every pair gets a newer
+    computed_at); sampled every 100 ms, no pair is ever absent from Redis or has a
+    newest prediction older than two refresh intervals plus the TTL. After the whole
+    worker is killed (mid-refresh too) and a new one started, the same bound holds again
+    from the new worker's first refresh on, and no pair is absent once it had two
+    intervals to refresh.
+    """
+    latency = {"SIMULATED_MODEL_LATENCY_SECONDS": "0.5"}
+    worker = start("worker", **latency)
+    start("beat", **latency)
+    wait_for(lambda: all_cached(redis_server), 30, what="every pair cached by the worker")
+    client = redis_server.client()
+
+    with FreshnessMonitor(redis_server) as monitor:
+        log = LogCursor(worker)
+        victim = wait_for(lambda: busy_pool_process(worker), 10, what="a refresh running")
+        # It holds a pair's compute lock: the refresh really is in progress.
+        assert any(client.exists(compute_lock_key(pair)) for pair in PAIRS)
+        os.kill(victim, signal.SIGKILL)  # type: ignore[arg-type]
+        pool_killed_at = time.time()
+        wait_for(lambda: "WorkerLostError" in log.text(), 10, what="the worker saw the loss")
+        assert f"pid:{victim} exited with 'signal 9 (SIGKILL)'" in log.text()
+        # Redone (the bound itself is checked on the samples below).
+        wait_for(
+            lambda: refreshed_since(redis_server, pool_killed_at),
+            2 * FRESHNESS_BOUND,
+            what="every pair refreshed after the kill",
+        )
+        time.sleep(TEST_TTL)  # observe a TTL more: no pair goes cold later
+
+        wait_for(lambda: busy_pool_process(worker), 10, what="a refresh running")
+        os.killpg(worker.pid, signal.SIGKILL)  # the main process and its pool at once
+        worker_killed_at = time.time()
+        replacement = start("worker", name="worker-2", **latency)
+        wait_for(lambda: "ready." in replacement.output(), 30, what="the new worker ready")
+        ready_at = time.time()
+        wait_for(
+            lambda: refreshed_since(redis_server, ready_at),
+            2 * FRESHNESS_BOUND,
+            what="every pair refreshed by the new worker",
+        )
+        time.sleep(TEST_TTL)  # observe a TTL with the new worker
+    print(
+        f"{len(monitor.samples)} samples; oldest prediction after the pool kill "
+        f"{monitor.oldest(pool_killed_at, worker_killed_at):.2f} s, after the worker kill "
+        f"{monitor.oldest(worker_killed_at):.2f} s (bound {FRESHNESS_BOUND} s); new worker "
+        f"ready {ready_at - worker_killed_at:.1f} s after the kill"
+    )
+    assert len(monitor.samples) > 100 * len(PAIRS)
+    after_pool_kill = monitor.absent(pool_killed_at, worker_killed_at)
+    assert not after_pool_kill, f"absent after the pool kill: {after_pool_kill[:5]}"
+    with_the_pool_killed = monitor.too_old(pool_killed_at, worker_killed_at)
+    assert not with_the_pool_killed, with_the_pool_killed[:5]
+    # While no worker runs, predictions age; the bound holds again once the new one
+    # has run its first refresh.
+    afterwards = monitor.too_old(ready_at + TEST_REFRESH)
+    assert not afterwards, afterwards[:5]
+    new_worker_refreshed = ready_at + 2 * TEST_REFRESH
+    assert not monitor.absent(new_worker_refreshed), monitor.absent(new_worker_refreshed)[:5]
+
+
+# --- beat and worker stopped ------------------------------------------------------------
+
+REFRESH_ALL_LINE = re.compile(
+    r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/[\w-]+\] "
+    r"Task predictions\.refresh_all\[[0-9a-f-]+\] (received|succeeded in \S+: (\d+))"
+)
+
+
+def log_time(stamp: str) -> datetime:
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+
+
+def refresh_alls(text: str, event: str) -> list[datetime]:
+    """When the worker "received", ran ("succeeded") or ran and "fanned out" (not skipped
+    as already done in its interval) each predictions.refresh_all task."""
+    found = []
+    for stamp, kind, batches in REFRESH_ALL_LINE.findall(text):
+        kinds = {kind.split()[0]} | ({"fanned out"} if batches and int(batches) else set())
+        if event in kinds:
+            found.append(log_time(stamp))
+    return found
+
+
+def first_seconds(times: list[datetime], window: float) -> list[datetime]:
+    """The times within ``window`` seconds of the first one."""
+    return [t for t in times if (t - times[0]).total_seconds() <= window]
+
+
+COMPUTED_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO \[\d+\] predictions\.predictor: "
+    r"computed prediction pair=(\S+) ",
+    re.MULTILINE,
+)
+
+
+def test_beat_stopped_longer_than_the_ttl(start: ProcessFactory, redis_server: RedisServer) -> None:
+    """Beat stopped for two TTLs: the API answers, computing each pair at most once per
+    TTL; beat restarted: about one refresh per interval, no burst of replayed ones."""
+    worker = start("worker")
+    beat = start("beat")
+    wait_for(lambda: all_cached(redis_server), 30, what="every pair cached by the worker")
+    api = start("api")
+    assert api.count("computed prediction") == 0
+
+    beat.stop()
+    answers: list[tuple[int, str | None, float]] = []
+    outage_ends = time.monotonic() + 2 * TEST_TTL
+    while time.monotonic() < outage_ends:
+        for pair in PAIRS:
+            started = time.monotonic()
+            response = api_get(api, pair)
+            answers.append(
+                (response.status, response.headers.get("X-Cache"), time.monotonic() - started)
+            )
+        time.sleep(0.02)  # pacing, as a client would
+    assert {status for status, _, _ in answers} == {200}
+    assert max(seconds for _, _, seconds in answers) < ANSWER_WITHIN
+    computed: dict[str, list[datetime]] = {}
+    for stamp, pair in COMPUTED_LINE.findall(api.output()):
+        computed.setdefault(pair, []).append(log_time(stamp))
+    # With no refreshes, every pair expired and was computed on a miss ...
+    assert sorted(computed) == sorted(PAIRS), computed
+    assert {"MISS", "HIT"} <= {cache for _, cache, _ in answers}
+    # ... once per TTL: never again before the previous computation expired.
+    for pair, times in computed.items():
+        gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+        assert all(gap >= TEST_TTL - 0.2 for gap in gaps), (pair, gaps)
+
+    log = LogCursor(worker)
+    start("beat", name="beat-2")
+    wait_for(lambda: refresh_alls(log.text(), "fanned out"), 15, what="a refresh")
+    window = 5 * TEST_REFRESH
+    time.sleep(window)  # the measuring window
+    received = first_seconds(refresh_alls(log.text(), "received"), window)
+    fanned_out = first_seconds(refresh_alls(log.text(), "fanned out"), window)
+    print(
+        f"beat restarted: {len(received)} refreshes sent, {len(fanned_out)} run in its "
+        f"first {window:g} s"
+    )
+    # One at start-up, then one per interval: no backlog.
+    assert len(received) <= window / TEST_REFRESH + 2, received
+    assert 1 <= len(fanned_out) <= window / TEST_REFRESH + 1, fanned_out
+    assert "Discarding revoked task" not in log.text()
+
+
+def test_worker_stopped_its_expired_refreshes_are_dropped(
+    start: ProcessFactory, redis_server: RedisServer
+) -> None:
+    """The worker stopped for six intervals while beat sends: the new worker discards
+    the expired refreshes (``expires``) and runs about one per interval afterwards."""
+    worker = start("worker")
+    beat = start("beat")
+    wait_for(lambda: all_cached(redis_server), 30, what="every pair cached by the worker")
+
+    beat_log = LogCursor(beat)
+    worker.stop()
+    outage = 6 * TEST_REFRESH
+    time.sleep(outage)  # the fault's stated duration
+    replacement = start("worker", name="worker-2")
+    wait_for(lambda: "ready." in replacement.output(), 30, what="the new worker ready")
+    # Sent with no worker to run them (beat kept going while the new one started).
+    queued = beat_log.count("Sending due task refresh-all-predictions")
+    assert queued >= outage / TEST_REFRESH - 1
+    wait_for(lambda: refresh_alls(replacement.output(), "fanned out"), 10, what="a refresh")
+    window = 5 * TEST_REFRESH
+    time.sleep(window)  # the measuring window
+    text = replacement.output()
+    discarded = text.count("Discarding revoked task: predictions.refresh_all[")
+    run = first_seconds(refresh_alls(text, "succeeded"), window)
+    fanned_out = first_seconds(refresh_alls(text, "fanned out"), window)
+    print(
+        f"worker restarted: {discarded} expired refreshes discarded of {queued} sent "
+        f"while it was down; {len(run)} run, {len(fanned_out)} fanned out in its "
+        f"first {window:g} s"
+    )
+    # Everything beat sent during the outage, but the last one or two (which the new
+    # worker may receive in time), expired and was dropped without running.
+    assert discarded >= queued - 2
+    # Then about one per interval: those not expired yet may run, but only one per
+    # interval refreshes (the others find their interval claimed).
+    assert len(run) <= window / TEST_REFRESH + 2, run
+    assert 1 <= len(fanned_out) <= window / TEST_REFRESH + 1, fanned_out
+    wait_for(lambda: all_cached(redis_server), 10, what="every pair cached again")
