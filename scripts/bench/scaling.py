@@ -1,0 +1,161 @@
+"""Cost as pairs grow: our stack with N pairs and a model that takes no time.
+
+For each N the worker and the API are started with PAIRS of N pairs and no beat; the
+driver sends predictions.refresh_all itself and times it from the send until every
+pair is in Redis. That is the worker's wall time for one full refresh, fan-out,
+computation and writes included.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import redis
+from celery import Celery
+
+from beat_schedule import REFRESH_ALL_TASK
+from predictions.keys import prediction_key
+from predictions.settings import DEFAULT_PAIRS, Settings
+from scripts.bench import probes, wrk
+from scripts.bench.results import BASELINE_PAIRS, OURS, ScalePoint
+from scripts.bench.targets import Target
+from tests.processes import RedisServer
+
+REFRESH_TIMEOUT_SECONDS = 120
+POLL_SECONDS = 0.005
+SETTINGS = {"SIMULATED_MODEL_LATENCY_SECONDS": "0"}
+
+
+def scale_pairs(count: int) -> list[str]:
+    """``count`` distinct valid pairs: the default ones first, then P0-USD, P1-USD..."""
+    pairs = list(DEFAULT_PAIRS[:count])
+    pairs += [f"P{i}-USD" for i in range(count - len(pairs))]
+    return pairs
+
+
+def write_pairs_file(pairs: list[str], path: Path) -> Path:
+    path.write_text("\n".join(pairs) + "\n")
+    return path
+
+
+class Refresher:
+    """Sends refresh_all to our worker, as beat would, and times it."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        broker = Settings(redis_url=target.env["REDIS_URL"]).broker_url  # as the worker does
+        self.celery = Celery("bench", broker=broker, set_as_current=False)
+        self.celery.conf.broker_connection_retry_on_startup = True
+
+    def timed_refresh(self) -> float:
+        """Seconds from sending refresh_all until every configured pair is cached."""
+        cache = self.target.redis
+        # The cache's database only (the broker's queues are in another). This also
+        # clears the interval's refresh slot, so that this refresh_all is not skipped as
+        # a second one in the same interval.
+        cache.flushdb()
+        expected = len(self.target.pairs)
+        missing = [prediction_key(pair) for pair in self.target.pairs]
+        started = time.perf_counter()
+        self.celery.send_task(REFRESH_ALL_TASK, expires=REFRESH_TIMEOUT_SECONDS)
+        while missing:
+            if time.perf_counter() - started > REFRESH_TIMEOUT_SECONDS:
+                raise TimeoutError(
+                    f"refresh of {expected} pairs: {len(missing)} not written "
+                    f"within {REFRESH_TIMEOUT_SECONDS} s"
+                )
+            time.sleep(POLL_SECONDS)
+            # DBSIZE is O(1): polled until it could be done, so that polling does not
+            # steal the CPU the worker is measured on. Refresh slots and compute locks
+            # live in this database too, so then the keys still missing are checked.
+            if cache.dbsize() >= expected:
+                missing = _still_missing(cache, missing)
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.celery.close()
+
+
+def _still_missing(cache: redis.Redis, keys: list[str]) -> list[str]:
+    pipe = cache.pipeline(transaction=False)
+    for key in keys:
+        pipe.exists(key)
+    return [key for key, found in zip(keys, pipe.execute(), strict=True) if not found]
+
+
+def measure_point(
+    count: int,
+    redis_server: RedisServer,
+    work_dir: Path,
+    run_id: str,
+    *,
+    repeats: int,
+    rounds: int,
+    hit_seconds: float,
+    load_seconds: float,
+    threads: int,
+    connections: int,
+) -> ScalePoint:
+    """Start our stack with ``count`` pairs, measure it, stop it.
+
+    Hit latency is measured in rounds alternating with a second API configured with
+    the 4 default pairs, reading the same cache (the worker refreshes those too): the
+    per-round ratio cancels the noise that separate runs minutes apart would not. The
+    N-pair API is asked both across all its pairs (the benchmark's measure: no repeat
+    within a near cache's lifetime at large N) and for the 4 default pairs only (what
+    merely configuring N pairs costs).
+    """
+    pairs = scale_pairs(count)
+    pairs_file = write_pairs_file(pairs, work_dir / f"pairs-{count}.txt")
+    redis_server.client().flushall()
+    target = Target(OURS, redis_server, work_dir, pairs, run_id, SETTINGS)
+    started = [target]
+    reference: Target | None = None
+    if count > BASELINE_PAIRS:
+        reference_pairs = scale_pairs(BASELINE_PAIRS)
+        reference_file = write_pairs_file(reference_pairs, work_dir / "pairs-reference.txt")
+        reference = Target(OURS, redis_server, work_dir, reference_pairs, run_id, SETTINGS)
+        started.append(reference)
+    refresher = Refresher(target)
+    try:
+        target.start(f"scale-{count}", beat=False)
+        if reference is not None:
+            reference.start(f"scale-{count}-reference", beat=False, worker=False)
+        # The first refresh also loads the model in every pool process: not measured.
+        refresher.timed_refresh()
+        refresh_seconds = [refresher.timed_refresh() for _ in range(repeats)]
+        used_memory = probes.redis_memory(redis_server.client())[0]
+        per_pair = probes.mean_key_bytes(target.redis, [prediction_key(p) for p in pairs])
+        hits: list[wrk.WrkResult] = []
+        reference_hits: list[wrk.WrkResult] = []
+        hits_on_reference_pairs: list[wrk.WrkResult] = []
+        for number in range(rounds):
+            runs = [(target, pairs_file, hits)]
+            if reference is not None:
+                runs.append((reference, reference_file, reference_hits))
+                runs.append((target, reference_file, hits_on_reference_pairs))
+            for api, file, found in runs[number % len(runs) :] + runs[: number % len(runs)]:
+                found.append(wrk.run(api.url, file, threads=1, connections=1, seconds=hit_seconds))
+        # Load across every pair fills whatever the API keeps per pair, before its RSS.
+        load = wrk.run(
+            target.url, pairs_file, threads=threads, connections=connections, seconds=load_seconds
+        )
+        if target.worker is None:
+            raise RuntimeError("our stack started without its worker")
+        return ScalePoint(
+            pairs=count,
+            refresh_seconds=refresh_seconds,
+            redis_used_memory=used_memory,
+            redis_bytes_per_pair=per_pair,
+            hits=hits,
+            reference_hits=reference_hits,
+            hits_on_reference_pairs=hits_on_reference_pairs,
+            load=load,
+            api_rss_mib=probes.rss_mb(target.server.pid),
+            pool_rss_mib=probes.rss_mb(target.worker.pid),
+        )
+    finally:
+        refresher.close()
+        for api in reversed(started):
+            api.stop()

@@ -1,0 +1,62 @@
+-- wrk script for `make bench`: spread GET /predict/<pair> over every pair named in a
+-- file (one a line, passed after `--`), and count the answers that waited for the model
+-- (X-Cache: MISS) and the ones that were not 2xx. done() prints one JSON line, which
+-- scripts/bench/wrk.py parses: wrk's own text report rounds its figures.
+
+local threads = {}
+
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  local file = assert(io.open(args[1], "r"), "cannot open the pairs file " .. tostring(args[1]))
+  requests_ = {}
+  for line in file:lines() do
+    if line ~= "" then
+      -- Formatted once: request() then costs a table lookup, not string work.
+      table.insert(requests_, wrk.format("GET", "/predict/" .. line))
+    end
+  end
+  file:close()
+  assert(#requests_ > 0, "the pairs file names no pair")
+  -- Threads start at different pairs, so that two threads do not walk in step.
+  next_ = (id * 7919) % #requests_
+  misses = 0
+  non2xx = 0
+end
+
+function request()
+  next_ = next_ % #requests_ + 1
+  return requests_[next_]
+end
+
+function response(status, headers, body)
+  if status < 200 or status > 299 then
+    non2xx = non2xx + 1
+  end
+  -- Header names arrive as the server spelled them (uvicorn sends them lower case).
+  local cache = headers["X-Cache"] or headers["x-cache"]
+  if cache == "MISS" then
+    misses = misses + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local total_misses, total_non2xx = 0, 0
+  for _, thread in ipairs(threads) do
+    total_misses = total_misses + thread:get("misses")
+    total_non2xx = total_non2xx + thread:get("non2xx")
+  end
+  local errors = summary.errors
+  io.write(string.format(
+    'BENCH_RESULT {"requests": %d, "duration_us": %d, "misses": %d, "non2xx": %d, '
+      .. '"connect_errors": %d, "read_errors": %d, "write_errors": %d, "timeouts": %d, '
+      .. '"latency_us": {"p50": %d, "p90": %d, "p99": %d, "max": %d, "mean": %.1f}}\n',
+    summary.requests, summary.duration, total_misses, total_non2xx,
+    errors.connect, errors.read, errors.write, errors.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean
+  ))
+end
