@@ -6,7 +6,7 @@ import redis
 from flask import Flask
 
 from api.errors import register_error_handlers
-from api.views import bp
+from api.views import ApiState, bp
 from predictions.cache import Limits, PredictionCache
 from predictions.circuit import CircuitBreaker
 from predictions.near_cache import NearCache
@@ -31,20 +31,24 @@ def create_app(
     store = PredictionStore(
         redis_client or make_redis(settings, client_name="prediction-cache-api")
     )
-    app.extensions["prediction_settings"] = settings
-    app.extensions["prediction_pairs"] = frozenset(settings.pairs)
-    app.extensions["prediction_cache"] = PredictionCache(
-        store,
-        predictor or Predictor.from_settings(settings),
-        Limits(
-            compute_timeout_seconds=settings.compute_timeout_seconds,
-            max_concurrent_computes=settings.max_concurrent_computes,
-            # Half the threads may wait on misses: the other half always serve hits.
-            max_waiting=max(1, settings.api_threads // 2),
-            stale_grace_seconds=settings.stale_grace_seconds,
+    app.extensions["predictions"] = ApiState(
+        settings=settings,
+        pairs=frozenset(settings.pairs),
+        cache=PredictionCache(
+            store,
+            predictor or Predictor.from_settings(settings),
+            Limits(
+                compute_timeout_seconds=settings.compute_timeout_seconds,
+                max_concurrent_computes=settings.max_concurrent_computes,
+                # Half the threads may wait on misses: the other half always serve hits.
+                max_waiting=max(1, settings.api_threads // 2),
+                stale_grace_seconds=settings.stale_grace_seconds,
+            ),
+            near_cache=NearCache(settings.near_cache_seconds),
+            breaker=CircuitBreaker(
+                settings.circuit_failure_threshold, settings.circuit_open_seconds
+            ),
         ),
-        near_cache=NearCache(settings.near_cache_seconds),
-        breaker=CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_open_seconds),
     )
     app.register_blueprint(bp)
     register_error_handlers(app)

@@ -7,6 +7,7 @@ extensions allow serving it, marked stale, for the same grace the API itself use
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from email.utils import formatdate
 
@@ -22,15 +23,22 @@ def etag(prediction: Prediction) -> str:
     return '"' + hashlib.blake2b(identity.encode(), digest_size=12).hexdigest() + '"'
 
 
-def caching_headers(prediction: Prediction, now: float, grace_seconds: float) -> dict[str, str]:
+@functools.lru_cache(maxsize=4096)
+def _fixed_headers(prediction: Prediction, grace: int) -> tuple[tuple[str, str], ...]:
+    # Everything but Age is fixed for a prediction: computed once, not per request.
+    # (Bounded: about two entries per configured pair live at once.)
     lifetime = max(0, round(prediction.expires_at - prediction.computed_at))
-    age = max(0, int(now - prediction.computed_at))
-    grace = int(grace_seconds)
-    return {
-        "Cache-Control": (
-            f"max-age={lifetime}, stale-while-revalidate={grace}, stale-if-error={grace}"
+    return (
+        (
+            "Cache-Control",
+            f"max-age={lifetime}, stale-while-revalidate={grace}, stale-if-error={grace}",
         ),
-        "Age": str(age),
-        "Last-Modified": formatdate(prediction.computed_at, usegmt=True),
-        "ETag": etag(prediction),
-    }
+        ("Last-Modified", formatdate(prediction.computed_at, usegmt=True)),
+        ("ETag", etag(prediction)),
+    )
+
+
+def caching_headers(prediction: Prediction, now: float, grace_seconds: float) -> dict[str, str]:
+    headers = dict(_fixed_headers(prediction, int(grace_seconds)))
+    headers["Age"] = str(max(0, int(now - prediction.computed_at)))
+    return headers

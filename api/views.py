@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -19,23 +20,26 @@ from predictions.settings import Settings
 bp = Blueprint("predictions", __name__)
 
 
-def _cache() -> PredictionCache:
-    cache: PredictionCache = current_app.extensions["prediction_cache"]
-    return cache
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiState:
+    """What the views need, kept on the app (one lookup per request, not several)."""
+
+    settings: Settings
+    pairs: frozenset[str]
+    cache: PredictionCache
 
 
-def _settings() -> Settings:
-    settings: Settings = current_app.extensions["prediction_settings"]
-    return settings
+def _state() -> ApiState:
+    state: ApiState = current_app.extensions["predictions"]
+    return state
 
 
 def _json(data: object, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status=status, mimetype="application/json")
 
 
-def configured_pair(text: str) -> str:
+def configured_pair(text: str, configured: frozenset[str]) -> str:
     """The canonical pair for ``text``: 400 if malformed, 404 if not configured."""
-    configured: frozenset[str] = current_app.extensions["prediction_pairs"]
     if text in configured:  # the common case: already canonical
         return text
     try:
@@ -50,18 +54,21 @@ def configured_pair(text: str) -> str:
 @bp.get("/predict/<pair>")
 def predict(pair: str) -> Response:
     started = time.perf_counter()
-    cache = _cache()
-    lookup = cache.get(configured_pair(pair))
+    state = _state()
+    lookup = state.cache.get(configured_pair(pair, state.pairs))
     prediction = lookup.prediction
-    headers = caching_headers(prediction, cache.clock(), _settings().stale_grace_seconds)
-    if request.if_none_match.contains(headers["ETag"].strip('"')):
-        response = Response(status=304)
+    headers = caching_headers(prediction, state.cache.clock(), state.settings.stale_grace_seconds)
+    headers["X-Cache"] = lookup.outcome.value
+    # Parsed only when sent: most requests carry no validator.
+    if request.environ.get("HTTP_IF_NONE_MATCH") and request.if_none_match.contains(
+        headers["ETag"].strip('"')
+    ):
+        response = Response(status=304, headers=headers)
     elif lookup.outcome is Outcome.STALE:
-        response = _json(prediction.to_dict() | {"stale": True})
+        body = orjson.dumps(prediction.to_dict() | {"stale": True})
+        response = Response(body, mimetype="application/json", headers=headers)
     else:
-        response = Response(prediction.to_json(), mimetype="application/json")
-    response.headers.update(headers)
-    response.headers["X-Cache"] = lookup.outcome.value
+        response = Response(prediction.to_json(), mimetype="application/json", headers=headers)
     # The time spent in the API on this answer, apart from HTTP and the network, which
     # a client's clock includes (W3C Server Timing).
     elapsed_ms = (time.perf_counter() - started) * 1000
@@ -80,18 +87,19 @@ def predict_many() -> Response:
     if not _BATCH.fullmatch(raw):
         raise BadRequest(f"pairs: give 1 to {MAX_BATCH} comma-separated pairs")
     texts = [text.strip() for text in raw.split(",") if text.strip()]
+    state = _state()
     items: list[dict[str, object]] = []
     wanted: list[str] = []
     for text in texts:
         try:
-            pair = configured_pair(text)
+            pair = configured_pair(text, state.pairs)
         except (InvalidPair, UnknownPair) as error:
             items.append({"pair": text[:40], "status": "error", "error": _item_error(error)})
             continue
         items.append({"pair": pair})
         if pair not in wanted:
             wanted.append(pair)
-    found = _cache().peek_many(wanted)
+    found = state.cache.peek_many(wanted)
     for item in items:
         if "status" in item:
             continue
@@ -118,7 +126,8 @@ def _item_error(error: HTTPException) -> dict[str, object]:
 @bp.get("/pairs")
 def pairs() -> Response:
     now = time.time()
-    found = _cache().store.read_many(_settings().pairs)
+    state = _state()
+    found = state.cache.store.read_many(state.settings.pairs)
     items = []
     for pair, prediction in found.items():
         item: dict[str, object] = {"pair": pair, "cached": prediction is not None}
@@ -146,7 +155,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     try:
-        _cache().store.redis.ping()
+        _state().cache.store.redis.ping()
     except Exception as exc:  # any failure to ping means: not ready
         raise Unavailable(f"the prediction cache is unreachable: {exc}", "not_ready") from None
     return _json({"status": "ready"})

@@ -32,8 +32,10 @@ def test_create_app_uses_the_given_settings(
     settings: Settings, redis_client: fakeredis.FakeRedis
 ) -> None:
     app = create_app(settings, redis_client)
-    assert app.extensions["prediction_settings"] is settings
-    assert app.extensions["prediction_cache"].store.redis is redis_client
+    state = app.extensions["predictions"]
+    assert state.settings is settings
+    assert state.pairs == frozenset(settings.pairs)
+    assert state.cache.store.redis is redis_client
 
 
 def test_predict_misses_then_hits(client: FlaskClient, model: CountingModel) -> None:
@@ -191,7 +193,7 @@ def test_a_stale_answer_says_so(settings: Settings, predictor: Predictor) -> Non
         settings, redis_url=f"redis://127.0.0.1:{_closed_port()}/0", near_cache_seconds=0
     )
     app = create_app(dead, make_redis(dead, client_name="test"), predictor)
-    app.extensions["prediction_cache"].near.put(predictor.compute("ETH-EUR"))
+    app.extensions["predictions"].cache.near.put(predictor.compute("ETH-EUR"))
     response = app.test_client().get("/predict/ETH-EUR")
     assert response.status_code == 200
     assert response.headers["X-Cache"] == "STALE"
