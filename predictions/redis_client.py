@@ -18,8 +18,8 @@ def make_redis(settings: Settings, url: str | None = None, *, client_name: str) 
     """A client for ``url`` (default: the prediction cache) that never blocks for long.
 
     One retry with a short backoff rides over a dropped connection (a Redis restart,
-    an idle connection closed by a proxy); more retries would only multiply the time a
-    caller waits on a dead server.
+    an idle connection closed by a proxy); more retries, or retried timeouts, would only
+    multiply the time a caller waits on a dead or frozen server.
     """
     pool = redis.BlockingConnectionPool.from_url(
         url or settings.redis_url,
@@ -32,7 +32,14 @@ def make_redis(settings: Settings, url: str | None = None, *, client_name: str) 
         socket_keepalive=True,
         # Ping a connection that sat idle this long before reusing it.
         health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+        # Retry a dropped connection once, never a timeout: a Redis that did not answer
+        # in time will not answer a second time either, and each retry (with its
+        # reconnect and CLIENT SETNAME) would add another socket timeout to the wait.
+        retry=Retry(
+            ExponentialBackoff(cap=0.05, base=0.01),
+            retries=1,
+            supported_errors=(redis.ConnectionError,),
+        ),
         client_name=client_name,
     )
     return redis.Redis(connection_pool=pool)
