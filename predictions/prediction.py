@@ -59,10 +59,6 @@ class Prediction:
         if not math.isfinite(self.compute_seconds) or self.compute_seconds < 0:
             raise InvalidPrediction(f"{self.pair}: bad compute_seconds")
 
-    def ttl_seconds(self, now: float) -> float:
-        """Seconds left until this prediction expires (negative once it has)."""
-        return self.expires_at - now
-
     def to_dict(self) -> dict[str, Any]:
         """The public JSON shape: times as ISO 8601 UTC."""
         return {

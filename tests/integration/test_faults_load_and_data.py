@@ -12,44 +12,21 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
-import urllib3
 
 from predictions.keys import prediction_key
 from predictions.prediction import FIELDS, Prediction
 from predictions.store import PredictionStore
 from tests.integration.conftest import TEST_PAIRS, TEST_TTL, ProcessFactory
+from tests.integration.http import Answer, computations, get
 from tests.processes import Process, RedisServer, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 PAIRS = TEST_PAIRS.split(",")
-HTTP = urllib3.PoolManager(maxsize=16, retries=False, timeout=urllib3.Timeout(total=15))
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: Any
-    body: dict[str, Any]
-    seconds: float
-    started: float  # time.monotonic() when the request was sent
-
-
-def get(api: Process, path: str, http: urllib3.PoolManager = HTTP) -> Answer:
-    started = time.monotonic()
-    response = http.request("GET", f"http://{api.env['API_BIND']}{path}")
-    seconds = time.monotonic() - started
-    body = orjson.loads(response.data) if response.data else {}
-    return Answer(response.status, response.headers, body, seconds, started)
-
-
-def computations(process: Process, pair: str) -> int:
-    return process.count(f"computed prediction pair={pair} ")
 
 
 def cached(redis_server: RedisServer, pairs: list[str]) -> bool:

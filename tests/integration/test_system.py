@@ -4,41 +4,18 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
 
 import orjson
 import pytest
-import urllib3
 
 from predictions.keys import prediction_key
 from tests.integration.conftest import TEST_PAIRS, TEST_REFRESH, TEST_TTL, ProcessFactory
-from tests.processes import Process, RedisServer, wait_for
+from tests.integration.http import computations, get
+from tests.processes import RedisServer, wait_for
 
 pytestmark = pytest.mark.integration
 
 PAIRS = TEST_PAIRS.split(",")
-HTTP = urllib3.PoolManager(maxsize=64, retries=False, timeout=urllib3.Timeout(total=10))
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: Any
-    body: dict[str, Any]
-    seconds: float
-
-
-def get(api: Process, path: str, method: str = "GET") -> Answer:
-    started = time.perf_counter()
-    response = HTTP.request(method, f"http://{api.env['API_BIND']}{path}")
-    seconds = time.perf_counter() - started
-    body = orjson.loads(response.data) if response.data else {}
-    return Answer(response.status, response.headers, body, seconds)
-
-
-def computations(process: Process, pair: str) -> int:
-    return process.count(f"computed prediction pair={pair} ")
 
 
 def all_cached(redis_server: RedisServer) -> bool:
