@@ -6,7 +6,13 @@ command-line flags still override them.
 
 import os
 
-from predictions.settings import Settings
+from predictions.multiprocess import use_multiprocess_dir
+
+# Every worker process writes its metrics here, and /metrics adds them up. Set before
+# anything imports prometheus_client (the workers import the app after the fork).
+use_multiprocess_dir("api")
+
+from predictions.settings import Settings  # noqa: E402
 
 _settings = Settings.from_env()
 
@@ -39,3 +45,10 @@ loglevel = _settings.log_level.lower()
 # gunicorn 24+ opens a control socket in $HOME by default; two servers on one machine
 # (tests, a second checkout) would fight over it, and nothing here uses it.
 control_socket_disable = True
+
+
+def child_exit(server: object, worker: object) -> None:
+    """A worker died or was recycled: drop its live gauges (its counters still count)."""
+    from predictions.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)  # type: ignore[attr-defined]

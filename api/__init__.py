@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import redis
 from flask import Flask
 
 from api.errors import register_error_handlers
+from api.observe import observe_requests
 from api.views import ApiState, bp
+from predictions import metrics
 from predictions.cache import Limits, PredictionCache
 from predictions.circuit import CircuitBreaker
 from predictions.near_cache import NearCache
@@ -20,8 +25,9 @@ def create_app(
     settings: Settings | None = None,
     redis_client: redis.Redis | None = None,
     predictor: Predictor | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Flask:
-    """Build the API; tests pass their own settings, client and predictor."""
+    """Build the API; tests pass their own settings, client, predictor and clock."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     # Only GET and HEAD exist: OPTIONS gets the same JSON 405 as any other method.
@@ -29,7 +35,9 @@ def create_app(
     # No redirects (an HTML body) for "//": every path either matches or is a JSON 404.
     app.url_map.merge_slashes = False
     store = PredictionStore(
-        redis_client or make_redis(settings, client_name="prediction-cache-api")
+        redis_client or make_redis(settings, client_name="prediction-cache-api"),
+        grace_seconds=settings.stale_grace_seconds,
+        clock=clock,
     )
     app.extensions["predictions"] = ApiState(
         settings=settings,
@@ -43,13 +51,19 @@ def create_app(
                 # Half the threads may wait on misses: the other half always serve hits.
                 max_waiting=max(1, settings.api_threads // 2),
                 stale_grace_seconds=settings.stale_grace_seconds,
+                early_refresh_beta=settings.early_refresh_beta,
+                failed_compute_backoff_seconds=settings.failed_compute_backoff_seconds,
             ),
-            near_cache=NearCache(settings.near_cache_seconds),
+            near_cache=NearCache(settings.near_cache_seconds, clock=clock),
             breaker=CircuitBreaker(
-                settings.circuit_failure_threshold, settings.circuit_open_seconds
+                settings.circuit_failure_threshold,
+                settings.circuit_open_seconds,
+                on_change=lambda opened: metrics.CIRCUIT_OPEN.set(int(opened)),
             ),
+            clock=clock,
         ),
     )
     app.register_blueprint(bp)
     register_error_handlers(app)
+    observe_requests(app)
     return app

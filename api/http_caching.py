@@ -27,7 +27,7 @@ def etag(prediction: Prediction) -> str:
 def _fixed_headers(prediction: Prediction, grace: int) -> tuple[tuple[str, str], ...]:
     # Everything but Age is fixed for a prediction: computed once, not per request.
     # (Bounded: about two entries per configured pair live at once.)
-    lifetime = max(0, round(prediction.expires_at - prediction.computed_at))
+    lifetime = max(0, round(prediction.fresh_until - prediction.computed_at))
     return (
         (
             "Cache-Control",
@@ -35,6 +35,11 @@ def _fixed_headers(prediction: Prediction, grace: int) -> tuple[tuple[str, str],
         ),
         ("Last-Modified", formatdate(prediction.computed_at, usegmt=True)),
         ("ETag", etag(prediction)),
+        # For an nginx edge cache (deploy/nginx): nginx ignores Age, so max-age alone
+        # would keep a prediction there past its freshness. An absolute expiry, floored
+        # to whole seconds, ends it there at or before fresh_until. nginx does not
+        # forward it to clients.
+        ("X-Accel-Expires", f"@{int(prediction.fresh_until)}"),
     )
 
 

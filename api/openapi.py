@@ -128,6 +128,18 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics of every API worker, and per-pair freshness",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format 0.0.4",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -151,7 +163,7 @@ _SCHEMAS: dict[str, Any] = {
             "predicted_price": {"type": "number", "exclusiveMinimum": 0},
             "horizon_seconds": {"type": "integer", "minimum": 1},
             "computed_at": _TIME,
-            "expires_at": _TIME,
+            "fresh_until": _TIME,
             "model_version": {"type": "string", "minLength": 1},
             "data_source": {"type": "string", "minLength": 1},
             "compute_seconds": {"type": "number", "minimum": 0},
@@ -194,9 +206,10 @@ _SCHEMAS: dict[str, Any] = {
                         "pair": {"type": "string"},
                         "cached": {"type": "boolean"},
                         "computed_at": _TIME,
-                        "expires_at": _TIME,
+                        "fresh_until": _TIME,
+                        "status": {"enum": ["fresh", "stale"]},
                         "age_seconds": {"type": "number"},
-                        "expires_in_seconds": {"type": "number"},
+                        "fresh_for_seconds": {"type": "number", "minimum": 0},
                     },
                 },
             }

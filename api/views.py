@@ -10,10 +10,11 @@ import orjson
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from api import observe
 from api.errors import InvalidPair, Unavailable, UnknownPair
 from api.http_caching import caching_headers
 from api.openapi import BATCH_PATTERN, MAX_BATCH, openapi_document
-from predictions import keys
+from predictions import heartbeat, keys, metrics
 from predictions.cache import Outcome, PredictionCache
 from predictions.settings import Settings
 
@@ -57,8 +58,13 @@ def predict(pair: str) -> Response:
     state = _state()
     lookup = state.cache.get(configured_pair(pair, state.pairs))
     prediction = lookup.prediction
-    headers = caching_headers(prediction, state.cache.clock(), state.settings.stale_grace_seconds)
+    now = state.cache.clock()
+    headers = caching_headers(prediction, now, state.settings.stale_grace_seconds)
     headers["X-Cache"] = lookup.outcome.value
+    environ = request.environ
+    environ[observe.PAIR] = prediction.pair
+    environ[observe.OUTCOME] = lookup.metric_outcome
+    environ[observe.AGE] = round(now - prediction.computed_at, 3)
     # Parsed only when sent: most requests carry no validator.
     if request.environ.get("HTTP_IF_NONE_MATCH") and request.if_none_match.contains(
         headers["ETag"].strip('"')
@@ -125,21 +131,37 @@ def _item_error(error: HTTPException) -> dict[str, object]:
 
 @bp.get("/pairs")
 def pairs() -> Response:
-    now = time.time()
     state = _state()
+    now = state.cache.clock()
     found = state.cache.store.read_many(state.settings.pairs)
     items = []
     for pair, prediction in found.items():
         item: dict[str, object] = {"pair": pair, "cached": prediction is not None}
         if prediction is not None:
             item |= {
+                "status": "fresh" if prediction.is_fresh(now) else "stale",
                 "computed_at": prediction.to_dict()["computed_at"],
-                "expires_at": prediction.to_dict()["expires_at"],
+                "fresh_until": prediction.to_dict()["fresh_until"],
                 "age_seconds": round(now - prediction.computed_at, 3),
-                "expires_in_seconds": round(prediction.expires_at - now, 3),
+                "fresh_for_seconds": round(max(0.0, prediction.fresh_until - now), 3),
             }
         items.append(item)
     return _json({"pairs": items})
+
+
+@bp.get("/metrics")
+def prometheus_metrics() -> Response:
+    """Prometheus text format: every API worker's counters, plus per-pair freshness."""
+    state = _state()
+    store = state.cache.store
+
+    def read_freshness() -> tuple[dict[str, float | None], float | None]:
+        found = store.read_many(state.settings.pairs)
+        computed = {pair: p.computed_at if p else None for pair, p in found.items()}
+        return computed, heartbeat.read_beat_tick(store.redis)
+
+    collector = metrics.FreshnessCollector(read_freshness, state.cache.clock, state.settings.pairs)
+    return Response(metrics.exposition(collector), mimetype=metrics.CONTENT_TYPE)
 
 
 @bp.get("/openapi.json")

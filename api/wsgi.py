@@ -5,5 +5,5 @@ from predictions.logs import configure_logging
 from predictions.settings import Settings
 
 settings = Settings.from_env()
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_format)
 app = create_app(settings)

@@ -1,33 +1,44 @@
-"""PredictionCache: read through the store, computing a missing pair exactly once.
+"""PredictionCache: fresh when possible, stale within grace, computed exactly once.
 
-However many requests miss the same pair at the same moment (threads, gunicorn
-workers, hosts), one takes the pair's lock in Redis and computes; the others poll the
-store until the result lands, the lock's owner gives up, or their deadline passes.
+A stored prediction is fresh until its fresh_until, then stale for a grace period
+(the store keeps it that long), then gone. A read finds one of three things:
+
+- fresh: served as a HIT. Near the end of its freshness, XFetch may pick the read to
+  refresh the pair early, in the background, so that hot pairs never go stale;
+- stale: served at once, marked STALE, and the pair is recomputed in the background
+  (stale-while-revalidate); while that fails, the stale one keeps being served until
+  its grace ends (stale-if-error);
+- nothing: a MISS. One request, across every thread, worker and host, takes the pair's
+  lock in Redis and computes; the others poll the store until the result lands, the
+  lock's owner gives up, or their deadline passes.
 
 Everything that can fail is bounded: a process computes at most
-``max_concurrent_computes`` predictions at once and lets at most ``max_waiting`` requests
-wait on misses, so that hits on other pairs always find a free thread; a Redis that
-keeps failing is skipped for a while (CircuitBreaker). When no fresh prediction can be
-had, the last one this process saw is served, marked stale, if it expired less than
-``stale_grace_seconds`` ago; otherwise the caller gets an Unavailable error.
+``max_concurrent_computes`` predictions at once (background ones included) and lets at
+most ``max_waiting`` requests wait on misses, so that hits on other pairs always find a
+free thread; a Redis that keeps failing is skipped for a while (CircuitBreaker), and
+then the last prediction this process saw is served, marked stale, within its grace.
+Past ``fresh_until + stale_grace_seconds`` nothing is ever served.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
 
 import redis
 
-from predictions import locks
+from predictions import locks, metrics
 from predictions.circuit import CircuitBreaker
 from predictions.near_cache import NearCache
 from predictions.prediction import Prediction
 from predictions.predictor import PredictionFailed, Predictor
+from predictions.revalidation import BackgroundRefresher, refresh_early
 from predictions.store import PredictionStore
 
 log = logging.getLogger(__name__)
@@ -39,7 +50,7 @@ REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 class Outcome(enum.StrEnum):
     HIT = "HIT"  # a fresh prediction from the cache
     MISS = "MISS"  # computed for this request, or waited for a running computation
-    STALE = "STALE"  # past its freshness, served because no fresh one could be had
+    STALE = "STALE"  # past its freshness, within its grace: served while recomputed
 
 
 class Unavailable(RuntimeError):
@@ -68,6 +79,15 @@ class ComputeFailed(Unavailable):
 class Lookup:
     prediction: Prediction
     outcome: Outcome
+    # For a MISS: True if this request ran the model, False if it waited for another's.
+    computed_here: bool = False
+
+    @property
+    def metric_outcome(self) -> str:
+        """The outcome label of the request metrics (see predictions.metrics.OUTCOMES)."""
+        if self.outcome is Outcome.MISS:
+            return "miss_computed" if self.computed_here else "miss_waited"
+        return self.outcome.value.lower()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +98,8 @@ class Limits:
     max_concurrent_computes: int = 2
     max_waiting: int = 4
     stale_grace_seconds: float = 60.0
+    early_refresh_beta: float = 1.0  # 0: no early refresh
+    failed_compute_backoff_seconds: float = 1.0
 
 
 class PredictionCache:
@@ -92,6 +114,7 @@ class PredictionCache:
         breaker: CircuitBreaker | None = None,
         poll_interval_seconds: float = 0.02,
         clock: Callable[[], float] = time.time,
+        draw: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
         self.predictor = predictor
@@ -100,21 +123,25 @@ class PredictionCache:
         self.breaker = breaker or CircuitBreaker(threshold=3, open_seconds=1.0)
         self.poll_interval = poll_interval_seconds
         self.clock = clock
+        self.draw = draw  # uniform in [0, 1), for XFetch
         self._computing = threading.BoundedSemaphore(self.limits.max_concurrent_computes)
         self._waiting = threading.BoundedSemaphore(self.limits.max_waiting)
+        self.refresher = BackgroundRefresher(
+            self.limits.max_concurrent_computes, self.limits.failed_compute_backoff_seconds
+        )
 
     def get(self, pair: str) -> Lookup:
         """The pair's prediction: fresh if at all possible, else stale within grace."""
-        prediction = self.near.get(pair)
+        prediction = self.near.get(pair)  # only ever a fresh one
         if prediction is not None:
+            self._consider_early_refresh(prediction, self.clock())
             return Lookup(prediction, Outcome.HIT)
         if not self.breaker.allow():
             return self._stale_or_raise(pair, CacheUnavailable("Redis is failing; not tried"))
         try:
             lookup = self._read_through(pair)
         except REDIS_DOWN as exc:
-            self.breaker.record_failure()
-            log.warning("redis unavailable pair=%s error=%r", pair, exc)
+            self._redis_failed(exc, pair)
             return self._stale_or_raise(
                 pair, CacheUnavailable("the prediction cache is unreachable")
             )
@@ -129,16 +156,18 @@ class PredictionCache:
         return lookup
 
     def peek_many(self, pairs: list[str]) -> dict[str, Lookup | None]:
-        """Each pair's cached prediction, in one Redis round trip; never computes.
+        """Each pair's cached prediction, in one Redis round trip; never computes here.
 
-        None for a pair with no prediction to serve (absent, or Redis down and nothing
-        known within grace).
+        A stale one is recomputed in the background, as for a single read. None for a
+        pair with nothing to serve (absent, or Redis down and nothing known within grace).
         """
         found: dict[str, Lookup | None] = {}
         wanted = []
+        now = self.clock()
         for pair in pairs:
             prediction = self.near.get(pair)
             if prediction is not None:
+                self._consider_early_refresh(prediction, now)
                 found[pair] = Lookup(prediction, Outcome.HIT)
             else:
                 wanted.append(pair)
@@ -149,8 +178,8 @@ class PredictionCache:
                 raise CacheUnavailable("Redis is failing; not tried")
             try:
                 stored = self.store.read_many(wanted)
-            except REDIS_DOWN:
-                self.breaker.record_failure()
+            except REDIS_DOWN as exc:
+                self._redis_failed(exc, ",".join(wanted)[:80])
                 raise
             self.breaker.record_success()
         except (CacheUnavailable, *REDIS_DOWN) as exc:
@@ -161,41 +190,63 @@ class PredictionCache:
                 except Unavailable:
                     found[pair] = None
             return found
+        now = self.clock()
         for pair, prediction in stored.items():
+            found[pair] = None if prediction is None else self._classify(prediction, now)
             if prediction is not None:
                 self.near.put(prediction)
-            found[pair] = None if prediction is None else Lookup(prediction, Outcome.HIT)
         return found
+
+    def _classify(self, prediction: Prediction, now: float) -> Lookup:
+        """HIT or STALE for a stored prediction, starting a background refresh if due."""
+        if prediction.is_fresh(now):
+            self._consider_early_refresh(prediction, now)
+            return Lookup(prediction, Outcome.HIT)
+        self._revalidate(prediction, "stale")
+        return Lookup(prediction, Outcome.STALE)
 
     def _read_through(self, pair: str) -> Lookup:
         prediction = self.store.read(pair)
         if prediction is not None:
-            return Lookup(prediction, Outcome.HIT)
+            return self._classify(prediction, self.clock())
+        if self.refresher.resting(pair):
+            # It failed moments ago: answer at once rather than run the model again.
+            raise ComputeFailed(f"{pair}: the model failed moments ago; retry shortly")
         if not self._waiting.acquire(blocking=False):
             raise Overloaded(f"{pair}: too many requests are already waiting for predictions")
         try:
-            return Lookup(self._compute_once(pair), Outcome.MISS)
+            return self._compute_once(pair)
         finally:
             self._waiting.release()
 
-    def _compute_once(self, pair: str) -> Prediction:
+    def _compute_once(self, pair: str) -> Lookup:
         client = self.store.redis
         timeout = self.limits.compute_timeout_seconds
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        waited = False
         while True:
             # The lock outlives a computation that hangs by at most the timeout.
             token = locks.acquire(client, pair, timeout)
             if token is not None:
                 try:
                     # Someone may have stored it between our read and our lock.
-                    return self.store.read(pair) or self._compute_and_store(pair)
+                    stored = self.store.read(pair)
+                    if stored is not None and stored.is_fresh(self.clock()):
+                        return Lookup(stored, Outcome.MISS)
+                    return Lookup(self._compute_and_store(pair), Outcome.MISS, computed_here=True)
                 finally:
                     _release(client, pair, token)
+            if not waited:
+                waited = True
+                metrics.LOCK_WAITS.inc()
             time.sleep(self.poll_interval)
             prediction = self.store.read(pair)
             if prediction is not None:
-                return prediction
+                metrics.LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
+                return Lookup(prediction, Outcome.MISS)
             if time.monotonic() >= deadline:
+                metrics.LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
                 raise ComputeTimeout(f"{pair}: no prediction within {timeout:g} s")
 
     def _compute_and_store(self, pair: str) -> Prediction:
@@ -205,24 +256,80 @@ class PredictionCache:
             try:
                 prediction = self.predictor.compute(pair)
             except PredictionFailed as exc:
+                self.refresher.failed(pair)
                 raise ComputeFailed(str(exc)) from exc
         finally:
             self._computing.release()
+        self.refresher.succeeded(pair)
         try:
             self.store.write(prediction, self.clock())
         except REDIS_DOWN as exc:
             # The answer is good; only caching it failed. Serve it rather than waste it.
+            metrics.REDIS_ERRORS.inc()
             log.warning("could not store prediction pair=%s error=%r", pair, exc)
         return prediction
+
+    def _consider_early_refresh(self, prediction: Prediction, now: float) -> None:
+        beta = self.limits.early_refresh_beta
+        # 1 - random() is in (0, 1]: log(0) can never come up.
+        if beta and refresh_early(
+            prediction.fresh_until - now, prediction.compute_seconds, beta, 1.0 - self.draw()
+        ):
+            self._revalidate(prediction, "early")
+
+    def _revalidate(self, seen: Prediction, reason: str) -> None:
+        """Recompute seen.pair in the background, unless already under way here."""
+        self.refresher.submit(
+            seen.pair, functools.partial(self._refresh_in_background, seen=seen, reason=reason)
+        )
+
+    def _refresh_in_background(self, pair: str, seen: Prediction, reason: str) -> None:
+        result = "skipped"
+        try:
+            client = self.store.redis
+            # The miss path's lock: one computation across every process and host.
+            token = locks.acquire(client, pair, self.limits.compute_timeout_seconds)
+            if token is None:
+                return  # someone is computing it now
+            try:
+                current = self.store.read(pair)
+                if current is not None and current.computed_at > seen.computed_at:
+                    return  # refreshed since this request looked
+                prediction = self._compute_and_store(pair)
+            finally:
+                _release(client, pair, token)
+            # Even if Redis would not take it, this process serves it (fresh).
+            self.near.put(prediction)
+            result = "ok"
+        except Overloaded:
+            pass  # the next stale read asks again
+        except ComputeFailed:
+            result = "failed"  # logged by the predictor; the pair now rests
+        except REDIS_DOWN as exc:
+            result = "failed"
+            self._redis_failed(exc, pair)
+        finally:
+            metrics.REVALIDATIONS.labels(reason, result).inc()
+            log.info(
+                "background refresh pair=%s reason=%s result=%s",
+                pair,
+                reason,
+                result,
+                extra={"pair": pair, "reason": reason, "result": result},
+            )
+
+    def _redis_failed(self, exc: BaseException, pair: str) -> None:
+        self.breaker.record_failure()
+        metrics.REDIS_ERRORS.inc()
+        log.warning("redis unavailable pair=%s error=%r", pair, exc)
 
     def _stale_or_raise(self, pair: str, error: Unavailable) -> Lookup:
         """The last prediction seen, if within its grace period; never one past it."""
         prediction = self.near.last_known(pair)
         if prediction is not None:
-            expired_for = self.clock() - prediction.expires_at
-            if expired_for < self.limits.stale_grace_seconds:
-                # It may even be unexpired (only the near copy's age ran out): it is
-                # still marked stale, as it could not be checked against Redis.
+            if self.clock() < prediction.fresh_until + self.limits.stale_grace_seconds:
+                # It may even be fresh (only the near copy's age ran out): it is still
+                # marked stale, as it could not be checked against Redis.
                 log.info("serving stale pair=%s reason=%s", pair, error.code)
                 return Lookup(prediction, Outcome.STALE)
         raise error

@@ -24,8 +24,11 @@ class CircuitBreaker:
         threshold: int,
         open_seconds: float,
         monotonic: Callable[[], float] = time.monotonic,
+        on_change: Callable[[bool], object] | None = None,
     ) -> None:
         self.threshold = threshold
+        # Told True when the breaker opens, False when it closes again (for a gauge).
+        self.on_change = on_change
         self.open_seconds = open_seconds
         self.monotonic = monotonic
         self._lock = threading.Lock()
@@ -53,12 +56,18 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         with self._lock:
+            closing = self._failures >= self.threshold
             self._failures = 0
             self._trial_running = False
+        if closing and self.on_change:
+            self.on_change(False)
 
     def record_failure(self) -> None:
         with self._lock:
             self._failures += 1
             self._trial_running = False
+            opening = self._failures == self.threshold
             if self._failures >= self.threshold:
                 self._open_until = self.monotonic() + self.open_seconds
+        if opening and self.on_change:
+            self.on_change(True)

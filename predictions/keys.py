@@ -46,3 +46,8 @@ def compute_lock_key(pair: str) -> str:
 def refresh_slot_key(slot: int) -> str:
     """Claimed by the one refresh that runs in refresh interval number ``slot``."""
     return f"{PREFIX}:refresh-slot:{slot}"
+
+
+def beat_tick_key() -> str:
+    """The Unix time of celery beat's last tick, so that /metrics can show beat is alive."""
+    return f"{PREFIX}:beat:last-tick"

@@ -1,20 +1,41 @@
-"""Logging set-up shared by the processes that do not configure their own."""
+"""Logging set-up shared by the API, the worker and beat: JSON lines or plain text.
+
+With LOG_FORMAT=json (the default) every line is one JSON object: time, level,
+logger, process, message, and the fields a call passes in ``extra`` (pair, outcome,
+timings...), so that a log pipeline can filter on them without parsing messages.
+"""
 
 from __future__ import annotations
 
 import logging
 
-FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+from pythonjsonlogger.json import JsonFormatter
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+JSON_FIELDS = ("levelname", "name", "process", "message")
+# Our loggers: the core, the API (and its access log) and the worker's own modules.
+LOGGERS = ("predictions", "api", "worker")
 
 
-def configure_logging(level: str) -> None:
+def formatter(log_format: str) -> logging.Formatter:
+    if log_format == "text":
+        return logging.Formatter(TEXT_FORMAT)
+    return JsonFormatter(
+        JSON_FIELDS,
+        rename_fields={"levelname": "level", "name": "logger"},
+        timestamp="time",  # ISO 8601, UTC
+        json_ensure_ascii=False,
+    )
+
+
+def configure_logging(level: str, log_format: str = "json") -> None:
     """Send the service's own log lines to stderr at ``level``, once per process."""
-    for name in ("predictions", "api"):
+    for name in LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(level)
         if not logger.handlers:
             handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter(FORMAT))
+            handler.setFormatter(formatter(log_format))
             logger.addHandler(handler)
             # Our handler prints them; a root handler (if any) would print them twice.
             logger.propagate = False

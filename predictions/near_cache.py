@@ -2,7 +2,7 @@
 
 Under load the same few pairs are read thousands of times a second; each read from
 Redis is a network round trip. Serving repeats from process memory for at most
-``max_age_seconds`` (and never past the prediction's own expires_at) makes a hit cost a
+``max_age_seconds`` (and never past the prediction's own fresh_until) makes a hit cost a
 dict lookup, at the price of answering with a prediction up to max_age older than the
 newest one in Redis.
 
@@ -39,7 +39,7 @@ class NearCache:
         if entry is None:
             return None
         prediction, deadline = entry
-        if self.monotonic() < deadline and self.clock() < prediction.expires_at:
+        if self.monotonic() < deadline and self.clock() < prediction.fresh_until:
             return prediction
         return None
 

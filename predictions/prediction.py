@@ -20,7 +20,7 @@ FIELDS = frozenset(
         "predicted_price",
         "horizon_seconds",
         "computed_at",
-        "expires_at",
+        "fresh_until",
         "model_version",
         "data_source",
         "compute_seconds",
@@ -34,13 +34,17 @@ class InvalidPrediction(ValueError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Prediction:
-    """One model answer for one pair, valid from computed_at until expires_at."""
+    """One model answer for one pair, fresh from computed_at until fresh_until.
+
+    Past fresh_until it is stale: still stored, and served marked stale, for a grace
+    period (the store's), never after.
+    """
 
     pair: str
     predicted_price: float
     horizon_seconds: int
     computed_at: float  # Unix time, millisecond precision
-    expires_at: float  # Unix time, millisecond precision
+    fresh_until: float  # Unix time, millisecond precision
     model_version: str
     data_source: str
     compute_seconds: float
@@ -54,10 +58,13 @@ class Prediction:
             raise InvalidPrediction(f"{self.pair}: price {price!r} is not a number")
         if not math.isfinite(price) or price <= 0:
             raise InvalidPrediction(f"{self.pair}: price {price!r} is not finite and > 0")
-        if not self.expires_at > self.computed_at:
-            raise InvalidPrediction(f"{self.pair}: expires_at is not after computed_at")
+        if not self.fresh_until > self.computed_at:
+            raise InvalidPrediction(f"{self.pair}: fresh_until is not after computed_at")
         if not math.isfinite(self.compute_seconds) or self.compute_seconds < 0:
             raise InvalidPrediction(f"{self.pair}: bad compute_seconds")
+
+    def is_fresh(self, now: float) -> bool:
+        return now < self.fresh_until
 
     def to_dict(self) -> dict[str, Any]:
         """The public JSON shape: times as ISO 8601 UTC."""
@@ -66,7 +73,7 @@ class Prediction:
             "predicted_price": self.predicted_price,
             "horizon_seconds": self.horizon_seconds,
             "computed_at": format_time(self.computed_at),
-            "expires_at": format_time(self.expires_at),
+            "fresh_until": format_time(self.fresh_until),
             "model_version": self.model_version,
             "data_source": self.data_source,
             "compute_seconds": self.compute_seconds,
@@ -101,7 +108,7 @@ class Prediction:
             predicted_price=data["predicted_price"],
             horizon_seconds=horizon,
             computed_at=parse_time(data["computed_at"], pair),
-            expires_at=parse_time(data["expires_at"], pair),
+            fresh_until=parse_time(data["fresh_until"], pair),
             model_version=data["model_version"],
             data_source=data["data_source"],
             compute_seconds=float(seconds),

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from predictions import metrics
 from predictions.market_data import MarketData, build_market_data
 from predictions.model import Model, load_model
 from predictions.prediction import Prediction
@@ -64,20 +65,28 @@ class Predictor:
                 predicted_price=price,
                 horizon_seconds=self.horizon_seconds,
                 computed_at=computed_at,
-                expires_at=round(computed_at + self.ttl_seconds, 3),
+                fresh_until=round(computed_at + self.ttl_seconds, 3),
                 model_version=self.model.version,
                 data_source=self.market_data.name,
                 compute_seconds=round(time.perf_counter() - started, 6),
             )
         # A user's model may raise anything; it must fail this pair only, loudly.
         except Exception as exc:
-            log.error("prediction failed pair=%s error=%r", pair, exc)
+            metrics.COMPUTATIONS.labels("failed").inc()
+            log.error("prediction failed pair=%s error=%r", pair, exc, extra={"pair": pair})
             raise PredictionFailed(f"{pair}: {exc}") from exc
+        metrics.COMPUTATIONS.labels("ok").inc()
+        metrics.COMPUTE_SECONDS.observe(prediction.compute_seconds)
         log.info(
             "computed prediction pair=%s price=%.6g seconds=%.3f model=%s",
             pair,
             prediction.predicted_price,
             prediction.compute_seconds,
             prediction.model_version,
+            extra={
+                "pair": pair,
+                "compute_seconds": prediction.compute_seconds,
+                "model_version": prediction.model_version,
+            },
         )
         return prediction

@@ -20,6 +20,7 @@ N = TypeVar("N", int, float)
 
 DEFAULT_PAIRS = ("ETH-EUR", "BTC-EUR", "ETH-USD", "BTC-USD")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "text")
 MARKET_DATA_SOURCES = ("synthetic",)
 
 
@@ -52,9 +53,15 @@ class Settings:
     near_cache_seconds: float = 0.25
     # Model computations one API process runs at once; a miss beyond that is a 503.
     max_concurrent_computes: int = 2
-    # How long past its expiry a prediction may still be served, marked stale, when
-    # no fresh one can be had (Redis down, the model failing).
+    # How long past its freshness a prediction stays in Redis and may still be served,
+    # marked stale, while it is recomputed in the background or while that fails.
     stale_grace_seconds: float = 60.0
+    # XFetch's beta: a read at t seconds before a prediction's freshness ends refreshes
+    # it early with probability exp(-t / (compute_seconds * beta)); 0 turns it off.
+    early_refresh_beta: float = 1.0
+    # After a computation of a pair fails, an API process does not run the model for
+    # that pair again for this long (it serves stale, or 503 past the grace).
+    failed_compute_backoff_seconds: float = 1.0
     # Consecutive Redis failures after which an API process stops trying Redis for
     # CIRCUIT_OPEN_SECONDS, so that a frozen Redis costs one timeout per interval.
     circuit_failure_threshold: int = 3
@@ -67,7 +74,11 @@ class Settings:
     api_bind: str = "127.0.0.1:8000"
     api_workers: int = 2
     api_threads: int = 8
+    # The worker's Prometheus endpoint, HOST:PORT, or "off".
+    worker_metrics_bind: str = "127.0.0.1:9808"
     log_level: str = "INFO"
+    # One JSON object per line (for log pipelines), or plain text (for reading).
+    log_format: str = "json"
 
     def __post_init__(self) -> None:
         if self.refresh_interval_seconds >= self.prediction_ttl_seconds:
@@ -124,6 +135,8 @@ class Settings:
         read("near_cache_seconds", _non_negative_float)
         read("max_concurrent_computes", _positive_int)
         read("stale_grace_seconds", _non_negative_float)
+        read("early_refresh_beta", _bounded(float, "a number >= 0", lambda value: value >= 0))
+        read("failed_compute_backoff_seconds", _non_negative_float)
         read("circuit_failure_threshold", _positive_int)
         read("circuit_open_seconds", _positive_float)
         read("redis_socket_timeout_seconds", _positive_float)
@@ -134,7 +147,9 @@ class Settings:
         read("api_bind", _bind)
         read("api_workers", _positive_int)
         read("api_threads", _positive_int)
+        read("worker_metrics_bind", _bind_or_off)
         read("log_level", _log_level)
+        read("log_format", _choice(LOG_FORMATS))
         return cls(**values)  # type: ignore[arg-type]
 
 
@@ -260,6 +275,14 @@ def _bind(name: str, raw: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise _fail(name, "HOST:PORT such as 127.0.0.1:8000, or unix:PATH", raw)
     return raw
+
+
+def _bind_or_off(name: str, raw: str) -> str:
+    if raw.lower() == "off":
+        return "off"
+    if raw.startswith("unix:"):
+        raise _fail(name, "HOST:PORT such as 127.0.0.1:9808, or off", raw)
+    return _bind(name, raw)
 
 
 def _log_level(name: str, raw: str) -> str:

@@ -15,7 +15,7 @@ def make_prediction(**changes: object) -> Prediction:
         "predicted_price": 2890.5,
         "horizon_seconds": 300,
         "computed_at": 1_000.25,
-        "expires_at": 1_060.25,
+        "fresh_until": 1_060.25,
         "model_version": "m-1",
         "data_source": "synthetic",
         "compute_seconds": 1.0,

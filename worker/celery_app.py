@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from celery import Celery
 
 from beat_schedule import build_schedule
+from predictions.logs import configure_logging
 from predictions.model import load_model
 from predictions.settings import Settings
 
@@ -14,12 +13,12 @@ from predictions.settings import Settings
 def create_celery(settings: Settings | None = None) -> Celery:
     """A Celery app for ``settings``; tasks find the settings as ``app.settings``."""
     settings = settings or Settings.from_env()
-    logging.getLogger("predictions").setLevel(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # Import the model now, while Celery has the working directory on sys.path (it
     # does only while it loads the app): a model module beside the project then loads
     # in the pool processes too, and a bad MODEL stops the worker at start-up.
     load_model(settings.model)
-    app = Celery("prediction_cache", include=["worker.tasks"])
+    app = Celery("prediction_cache", include=["worker.tasks", "worker.metrics_server"])
     # A refresh of one batch may take this long before it is interrupted.
     soft_limit = 3 * settings.refresh_interval_seconds + settings.compute_timeout_seconds
     hard_limit = soft_limit + 10

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import redis
 
+from predictions import metrics
 from predictions.keys import InvalidPair, canonical_pair, refresh_slot_key
 from predictions.locks import acquire_many, release_many
 from predictions.prediction import Prediction
@@ -34,7 +35,10 @@ class RefreshResources:
         return cls(
             pairs=frozenset(settings.pairs),
             predictor=Predictor.from_settings(settings),
-            store=PredictionStore(make_redis(settings, client_name="prediction-cache-worker")),
+            store=PredictionStore(
+                make_redis(settings, client_name="prediction-cache-worker"),
+                grace_seconds=settings.stale_grace_seconds,
+            ),
         )
 
 
@@ -97,13 +101,25 @@ def refresh_pairs(
             written += resources.store.write_many(computed, time.time())
         finally:
             release_many(client, tokens)
+    seconds = time.perf_counter() - started
+    metrics.REFRESHES.labels("written").inc(written)
+    metrics.REFRESHES.labels("failed").inc(failed)
+    metrics.REFRESHES.labels("skipped").inc(skipped)
+    metrics.REFRESH_SECONDS.observe(seconds)
     log.info(
         "refreshed pairs=%d written=%d failed=%d skipped=%d seconds=%.3f",
         len(pairs),
         written,
         failed,
         skipped,
-        time.perf_counter() - started,
+        seconds,
+        extra={
+            "pairs": len(pairs),
+            "written": written,
+            "failed": failed,
+            "skipped": skipped,
+            "duration_ms": round(seconds * 1000, 3),
+        },
     )
     return written
 

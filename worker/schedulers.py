@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import timedelta
+from typing import Any
 
+import redis
 from celery.beat import Scheduler
+
+from predictions.heartbeat import write_beat_tick
+from predictions.redis_client import make_redis
+
+log = logging.getLogger(__name__)
 
 
 class WarmStartScheduler(Scheduler):  # type: ignore[misc]
@@ -21,3 +30,17 @@ class WarmStartScheduler(Scheduler):  # type: ignore[misc]
         long_ago = self.app.now() - timedelta(days=1)
         for entry in self.schedule.values():
             entry.last_run_at = long_ago
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Run due entries, then leave the time of this tick in Redis for /metrics."""
+        next_in: float = super().tick(*args, **kwargs)
+        settings = self.app.settings
+        try:
+            if not hasattr(self, "_heartbeat_redis"):
+                self._heartbeat_redis = make_redis(settings, client_name="prediction-cache-beat")
+            write_beat_tick(
+                self._heartbeat_redis, time.time(), 10 * settings.refresh_interval_seconds
+            )
+        except redis.RedisError as exc:  # the schedule goes on without its heartbeat
+            log.warning("could not record beat's tick: %r", exc)
+        return next_in

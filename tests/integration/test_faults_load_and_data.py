@@ -339,7 +339,7 @@ def test_a_failing_model_writes_nothing_for_its_pairs_and_the_rest_stay_fresh(
         predicted_price=3000.0,
         horizon_seconds=300,
         computed_at=round(now, 3),
-        expires_at=round(now + 1.5, 3),
+        fresh_until=round(now + 1.5, 3),
         model_version="before-the-bug-1",
         data_source="synthetic",
         compute_seconds=0.3,
@@ -354,7 +354,7 @@ def test_a_failing_model_writes_nothing_for_its_pairs_and_the_rest_stay_fresh(
     assert answer.body["model_version"] == "before-the-bug-1"
     assert answer.body["computed_at"] == previous.to_dict()["computed_at"]
     wait_for(lambda: get(api, f"/predict/{pair}").status == 503, 10, what="stale grace running out")
-    assert time.time() >= previous.expires_at + STALE_GRACE - 0.1
+    assert time.time() >= previous.fresh_until + STALE_GRACE - 0.1
     assert get(api, f"/predict/{pair}").body["error"]["code"] == "prediction_failed"
     assert not client.exists(prediction_key(pair))
     assert "unhandled error" not in api.output()
@@ -386,7 +386,7 @@ def valid_entry(pair: str, **changes: Any) -> bytes:
         predicted_price=100.0,
         horizon_seconds=300,
         computed_at=now,
-        expires_at=now + 60,
+        fresh_until=now + 60,
         model_version="log-linear-trend-1",
         data_source="synthetic",
         compute_seconds=0.3,

@@ -221,7 +221,7 @@ class LoadGenerator:
         if response.status == 200:
             body = orjson.loads(response.data)
             stale = body.get("stale")
-            expired_for = sent_at - parse_time(body["expires_at"], pair)
+            expired_for = sent_at - parse_time(body["fresh_until"], pair)
         return Sample(
             sent,
             pair,
@@ -397,12 +397,12 @@ def test_a_write_lost_in_a_frozen_redis_does_not_come_back_expired(
     with frozen(redis_server):
         with pytest.raises((redis.TimeoutError, redis.ConnectionError)):
             store.write(prediction, time.time())
-        time.sleep(max(0.0, prediction.expires_at + 0.5 - time.time()))  # past its expiry
+        time.sleep(max(0.0, prediction.fresh_until + 0.5 - time.time()))  # past its expiry
     # Watch for as long as the late write could keep the key: it is never served.
     watch_until = time.monotonic() + 1.5
     while time.monotonic() < watch_until:
         found = store.read("ETH-EUR")
-        assert found is None, f"served {time.time() - found.expires_at:.2f} s after expiry"
+        assert found is None, f"served {time.time() - found.fresh_until:.2f} s after expiry"
         time.sleep(0.05)
 
 

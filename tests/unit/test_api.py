@@ -50,7 +50,7 @@ def test_predict_misses_then_hits(client: FlaskClient, model: CountingModel) -> 
     assert body["horizon_seconds"] == 300
     assert body["model_version"] == "counting-1"
     assert body["data_source"] == "synthetic"
-    assert body["computed_at"].endswith("Z") and body["expires_at"] > body["computed_at"]
+    assert body["computed_at"].endswith("Z") and body["fresh_until"] > body["computed_at"]
     assert model.calls == ["ETH-EUR"]
 
 
@@ -143,7 +143,8 @@ def test_pairs_lists_every_configured_pair_with_its_age(
     cached = {item["pair"]: item for item in pairs if item["cached"]}
     assert set(cached) == {"BTC-EUR"}
     assert 0 <= cached["BTC-EUR"]["age_seconds"] < 5
-    assert 25 < cached["BTC-EUR"]["expires_in_seconds"] <= 30
+    assert 25 < cached["BTC-EUR"]["fresh_for_seconds"] <= 30
+    assert cached["BTC-EUR"]["status"] == "fresh"
 
 
 def test_health_and_readiness(client: FlaskClient) -> None:

@@ -217,9 +217,9 @@ def test_redis_down_serves_the_last_known_prediction_marked_stale(predictor: Pre
     cache.near.put(known)
     assert cache.get("ETH-EUR") == cache.get("ETH-EUR")
     assert cache.get("ETH-EUR").outcome is Outcome.STALE
-    now[0] = known.expires_at + 59
+    now[0] = known.fresh_until + 59
     assert cache.get("ETH-EUR").outcome is Outcome.STALE
-    now[0] = known.expires_at + 60  # past the grace: never served
+    now[0] = known.fresh_until + 60  # past the grace: never served
     with pytest.raises(CacheUnavailable):
         cache.get("ETH-EUR")
 

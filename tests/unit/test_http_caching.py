@@ -39,7 +39,7 @@ def test_etag_is_strong_and_changes_with_what_identifies_a_prediction() -> None:
     assert tag.startswith('"') and not tag.startswith("W/")
     assert etag(dataclasses.replace(PREDICTION, predicted_price=1.0)) == tag
     for change in (
-        {"computed_at": 1_000.251, "expires_at": 1_060.251},
+        {"computed_at": 1_000.251, "fresh_until": 1_060.251},
         {"model_version": "m-2"},
         {"pair": "BTC-EUR"},
         {"horizon_seconds": 60},

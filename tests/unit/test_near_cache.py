@@ -5,7 +5,7 @@ import dataclasses
 from predictions.near_cache import NearCache
 from tests.support import make_prediction
 
-PREDICTION = make_prediction(computed_at=1_000.0, expires_at=1_060.0)
+PREDICTION = make_prediction(computed_at=1_000.0, fresh_until=1_060.0)
 
 
 class Clock:
@@ -38,7 +38,7 @@ def test_an_entry_never_outlives_its_prediction() -> None:
 
 def test_a_newer_put_replaces_and_pairs_are_separate() -> None:
     near = NearCache(0.5, clock=Clock(1_010.0), monotonic=Clock(0.0))
-    newer = dataclasses.replace(PREDICTION, computed_at=1_005.0, expires_at=1_065.0)
+    newer = dataclasses.replace(PREDICTION, computed_at=1_005.0, fresh_until=1_065.0)
     near.put(PREDICTION)
     near.put(newer)
     assert near.get("ETH-EUR") is newer

@@ -55,5 +55,6 @@ def test_the_document_is_served() -> None:
         "/pairs",
         "/healthz",
         "/readyz",
+        "/metrics",
         "/openapi.json",
     }

@@ -8,7 +8,7 @@ import pytest
 from predictions.prediction import InvalidPrediction, Prediction, format_time
 from tests.support import make_prediction
 
-GOOD = make_prediction(computed_at=1_764_000_000.123, expires_at=1_764_000_060.123)
+GOOD = make_prediction(computed_at=1_764_000_000.123, fresh_until=1_764_000_060.123)
 
 
 def test_round_trip_is_exact() -> None:
@@ -23,7 +23,7 @@ def test_json_is_compact_with_iso_utc_times() -> None:
     assert b" " not in body
     data = orjson.loads(body)
     assert data["computed_at"] == "2025-11-24T16:00:00.123Z"
-    assert data["expires_at"] == "2025-11-24T16:01:00.123Z"
+    assert data["fresh_until"] == "2025-11-24T16:01:00.123Z"
     assert format_time(0) == "1970-01-01T00:00:00.000Z"
 
 
@@ -56,8 +56,8 @@ def _stored(**changes: object) -> bytes:
         _stored(horizon_seconds=True),
         _stored(computed_at="yesterday"),
         _stored(computed_at=1764000000),
-        _stored(expires_at="2025-11-24T16:01:00.123+01:00"),
-        _stored(expires_at=GOOD.to_dict()["computed_at"]),
+        _stored(fresh_until="2025-11-24T16:01:00.123+01:00"),
+        _stored(fresh_until=GOOD.to_dict()["computed_at"]),
         _stored(model_version=""),
         _stored(data_source=7),
         _stored(compute_seconds="fast"),

@@ -18,7 +18,7 @@ def test_compute_stamps_expiry_source_and_version() -> None:
     prediction = _predictor(LogLinearTrendModel(), clock=lambda: next(clock)).compute("ETH-EUR")
     assert prediction.pair == "ETH-EUR"
     assert prediction.computed_at == 1_000.457
-    assert prediction.expires_at == 1_060.457
+    assert prediction.fresh_until == 1_060.457
     assert prediction.horizon_seconds == 300
     assert prediction.model_version == "log-linear-trend-1"
     assert prediction.data_source == "synthetic"

@@ -25,7 +25,7 @@ def test_the_expiry_is_the_predictions_own_however_late_the_write(
     store: PredictionStore, redis_client: fakeredis.FakeRedis
 ) -> None:
     now = time.time()
-    computed_20s_ago = make_prediction(computed_at=now - 20, expires_at=now + 10)
+    computed_20s_ago = make_prediction(computed_at=now - 20, fresh_until=now + 10)
     store.write(computed_20s_ago, now=now)
     assert 9_000 < redis_client.pttl(prediction_key("ETH-EUR")) <= 10_000
     # The same write arriving again later (a retry, a frozen Redis waking up) does
@@ -39,7 +39,7 @@ def test_a_read_never_returns_an_expired_prediction(
 ) -> None:
     now = time.time()
     # Redis still holds it (its clock is behind ours): we must not serve it.
-    expired = make_prediction(computed_at=now - 61, expires_at=now - 1)
+    expired = make_prediction(computed_at=now - 61, fresh_until=now - 1)
     redis_client.set(prediction_key("ETH-EUR"), expired.to_json(), ex=60)
     assert store.read("ETH-EUR") is None
     assert store.read_many(["ETH-EUR"]) == {"ETH-EUR": None}
@@ -49,7 +49,7 @@ def test_an_expired_prediction_is_not_written(
     store: PredictionStore, redis_client: fakeredis.FakeRedis, predictor: Predictor
 ) -> None:
     prediction = predictor.compute("ETH-EUR")
-    assert not store.write(prediction, now=prediction.expires_at + 1)
+    assert not store.write(prediction, now=prediction.fresh_until + 1)
     assert redis_client.dbsize() == 0
 
 

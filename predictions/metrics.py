@@ -1,0 +1,185 @@
+"""Every Prometheus metric of the service, defined in one place.
+
+The API (gunicorn) and the worker (Celery's prefork pool) each run several processes,
+so both use prometheus-client's multiprocess mode: each process writes its values to
+files under PROMETHEUS_MULTIPROC_DIR, and the endpoint adds them up. That variable must
+be set before prometheus_client is first imported: predictions.multiprocess does it,
+called first thing by gunicorn.conf.py and worker/__init__.py. Without it (unit tests,
+one process) the metrics live in the process as usual.
+
+Per-pair freshness as Redis holds it (time since the last successful refresh) and
+beat's last tick are read from Redis when /metrics is scraped (``FreshnessCollector``):
+they are facts about the shared cache, not about any one process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from predictions.multiprocess import MULTIPROC_ENV
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Decided once, as prometheus_client decides where values live when first imported (by
+# this module): a directory set later (a test importing the worker) changes nothing.
+MULTIPROCESS_DIR = os.environ.get(MULTIPROC_ENV) or None
+
+# From a near-cache hit (~50 µs) to a miss that waits for the model (~1 s and more).
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+COMPUTE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+# The API's answers to GET /predict/<pair>, by outcome:
+#   hit: fresh from the cache; stale: past fresh, within grace; miss_computed: this
+#   request ran the model; miss_waited: it waited for another's computation;
+#   miss_failed: no prediction could be served (503); rejected: a bad or unknown pair.
+OUTCOMES = ("hit", "stale", "miss_computed", "miss_waited", "miss_failed", "rejected")
+
+REQUESTS = Counter("prediction_requests", "GET /predict/<pair> answers, by outcome.", ["outcome"])
+REQUEST_SECONDS = Histogram(
+    "prediction_request_duration_seconds",
+    "Time the API spent on GET /predict/<pair>, by outcome.",
+    ["outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+SERVED_AGE = Gauge(
+    "prediction_served_age_seconds",
+    "Age (now - computed_at) of the prediction most recently served for the pair.",
+    ["pair"],
+    multiprocess_mode="mostrecent",
+)
+COMPUTATIONS = Counter(
+    "prediction_computations",
+    "Model computations in this server's processes, by result (ok, failed).",
+    ["result"],
+)
+COMPUTE_SECONDS = Histogram(
+    "prediction_compute_duration_seconds",
+    "Time a model computation took, market data included.",
+    buckets=COMPUTE_BUCKETS,
+)
+REVALIDATIONS = Counter(
+    "prediction_background_refreshes",
+    "Background recomputations started by the API, by reason (stale, early) and "
+    "result (ok, failed, skipped: someone else had it or it was already done).",
+    ["reason", "result"],
+)
+LOCK_WAITS = Counter(
+    "prediction_lock_waits",
+    "Requests that waited for another request's or process's computation of a pair.",
+)
+LOCK_WAIT_SECONDS = Histogram(
+    "prediction_lock_wait_duration_seconds",
+    "How long requests waited for another's computation.",
+    buckets=LATENCY_BUCKETS,
+)
+REDIS_ERRORS = Counter(
+    "prediction_redis_errors",
+    "Redis connection errors and timeouts seen by the API.",
+)
+CIRCUIT_OPEN = Gauge(
+    "prediction_circuit_open",
+    "1 while an API process skips Redis after repeated failures (the highest of all).",
+    multiprocess_mode="livemax",
+)
+REFRESHES = Counter(
+    "prediction_refreshed_pairs",
+    "Pairs handled by the worker's refreshes, by result (written, failed, skipped).",
+    ["result"],
+)
+REFRESH_SECONDS = Histogram(
+    "prediction_refresh_duration_seconds",
+    "Time one refresh task took (a batch of pairs).",
+    buckets=COMPUTE_BUCKETS,
+)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a dead process's live gauges (its counters still count)."""
+    if MULTIPROCESS_DIR is not None:
+        multiprocess.mark_process_dead(pid, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+
+
+def registry() -> CollectorRegistry:
+    """The registry to expose: every process's values in multiprocess mode."""
+    if MULTIPROCESS_DIR is None:
+        return REGISTRY
+    combined = CollectorRegistry()
+    multiprocess.MultiProcessCollector(combined, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+    return combined
+
+
+def exposition(*extra: Collector) -> bytes:
+    """The text format of every metric, plus collectors read at scrape time."""
+    text = generate_latest(registry())
+    if extra:
+        scraped = CollectorRegistry(auto_describe=False)
+        for collector in extra:
+            scraped.register(collector)
+        text += generate_latest(scraped)
+    return text
+
+
+class FreshnessCollector(Collector):
+    """Per-pair age of the stored prediction and beat's last tick, read at scrape.
+
+    ``read`` returns, for each configured pair, the computed_at of the prediction
+    Redis holds (None if none), and the time of beat's last tick (None if unknown).
+    A scrape costs one round trip; if Redis cannot be read, these gauges are absent.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], tuple[dict[str, float | None], float | None]],
+        clock: Callable[[], float],
+        pairs: Sequence[str],
+    ) -> None:
+        self.read = read
+        self.clock = clock
+        self.pairs = pairs
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            computed, last_tick = self.read()
+        except Exception:  # noqa: BLE001 - a scrape must not fail on a Redis outage
+            return
+        now = self.clock()
+        age = GaugeMetricFamily(
+            "prediction_age_seconds",
+            "Time since the pair's stored prediction was computed (its last successful "
+            "refresh); absent while nothing is stored.",
+            labels=["pair"],
+        )
+        stored = GaugeMetricFamily(
+            "prediction_stored",
+            "1 if Redis holds a prediction for the pair (fresh or within grace).",
+            labels=["pair"],
+        )
+        for pair in self.pairs:
+            computed_at = computed.get(pair)
+            stored.add_metric([pair], 0.0 if computed_at is None else 1.0)
+            if computed_at is not None:
+                age.add_metric([pair], max(0.0, now - computed_at))
+        yield age
+        yield stored
+        if last_tick is not None:
+            yield GaugeMetricFamily(
+                "prediction_beat_last_tick_timestamp_seconds",
+                "Unix time of celery beat's last tick, as beat wrote it to Redis.",
+                value=last_tick,
+            )
