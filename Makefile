@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run test test-unit test-integration test-faults requests bench bench-quick wrk lint format typecheck clean
+.PHONY: help install dev run test test-unit test-integration test-faults requests bench bench-quick wrk nginx lint format typecheck clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -47,10 +47,12 @@ test-integration: dev ## Run the integration tests only
 test-faults: dev ## Run only the fault-injection tests (Redis killed or frozen, workers killed, ...)
 	$(BIN)/python -m pytest -m faults
 
-requests: dev ## Time requests against the running API (URL=, PAIR=, N=, INTERVAL=)
+requests: dev ## Time requests against the running API (URL= PAIR= N= INTERVAL= HISTOGRAM=1 SAVE= COMPARE= PLOT=)
 	$(BIN)/python scripts/time_requests.py \
 		$(if $(URL),--url $(URL)) $(if $(PAIR),--pair $(PAIR)) \
 		$(if $(N),--count $(N)) $(if $(INTERVAL),--interval $(INTERVAL)) \
+		$(if $(HISTOGRAM),--histogram) $(if $(PLOT),--plot $(PLOT)) \
+		$(if $(SAVE),--save $(SAVE)) $(if $(COMPARE),--compare $(COMPARE)) \
 		|| [ $$? -eq 130 ]  # 130: stopped by Ctrl-C after printing its summary
 
 wrk: ## Install wrk, the benchmark's load generator (Debian package; apt-get as root)
@@ -59,6 +61,16 @@ wrk: ## Install wrk, the benchmark's load generator (Debian package; apt-get as 
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
 	else \
 		echo "make bench needs wrk: run 'sudo apt-get install wrk' (Debian/Ubuntu) or build it from its source" >&2; \
+		exit 1; \
+	fi
+
+nginx: ## Install nginx, for the edge-cache test (Debian's nginx-light or nginx; apt-get as root)
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null \
+			|| DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }; \
+	else \
+		echo "tests/integration/test_edge.py needs nginx: run 'sudo apt-get install nginx-light' (Debian/Ubuntu; 'nginx' where there is no nginx-light) or install nginx otherwise" >&2; \
 		exit 1; \
 	fi
 

@@ -36,10 +36,10 @@ def _fixed_headers(prediction: Prediction, grace: int) -> tuple[tuple[str, str],
         ("Last-Modified", formatdate(prediction.computed_at, usegmt=True)),
         ("ETag", etag(prediction)),
         # For an nginx edge cache (deploy/nginx): nginx ignores Age, so max-age alone
-        # would keep a prediction there past its freshness. An absolute expiry, floored
-        # to whole seconds, ends it there at or before fresh_until. nginx does not
-        # forward it to clients.
-        ("X-Accel-Expires", f"@{int(prediction.fresh_until)}"),
+        # would keep a prediction there past its freshness. nginx counts whole seconds
+        # and serves an entry through the whole second its expiry names, so the last
+        # whole second before fresh_until is named. nginx does not forward it.
+        ("X-Accel-Expires", f"@{int(prediction.fresh_until) - 1}"),
     )
 
 

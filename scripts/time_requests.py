@@ -6,10 +6,16 @@ so that the times are the API's and not those of TCP set-up:
 
     Time taken: 1014.67ms  MISS
     Time taken: 0.42ms  HIT
+    Time taken: 0.45ms  STALE
     Time taken: 3.10ms  503 cache_unavailable
 
-Exit status: 0 if at least one prediction came back, 1 if none did, 130 on Ctrl-C (after
-printing the summary so far).
+--histogram prints the latency distribution in the terminal and --plot FILE.png draws it
+(matplotlib, the `bench` extra); --save FILE.json keeps a run, and --compare A.json B.json
+shows saved runs side by side instead of sending requests: a run with the worker and beat
+precomputing against one without, say.
+
+Exit status: 0 if at least one prediction came back (or --compare read its runs), 1 if
+none did, 2 for a bad argument or file, 130 on Ctrl-C (after the summary so far).
 """
 
 from __future__ import annotations
@@ -20,16 +26,24 @@ import enum
 import http.client
 import json
 import math
+import shlex
+import shutil
 import sys
 import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import latency_plot  # scripts/, beside this file: Python puts a script's directory on sys.path
 
 PERCENTILES = (50, 90, 99)
+RUN_FILE_VERSION = 1
 
 
 class Kind(enum.StrEnum):
     HIT = "HIT"  # a prediction served from Redis
+    STALE = "STALE"  # one past its freshness, served within the grace period ("stale": true)
     MISS = "MISS"  # a prediction computed for this request
     ERROR = "ERROR"  # an answer, but no prediction: 4xx/5xx, or a 200 without X-Cache
     FAILED = "FAILED"  # no answer at all: refused, reset or timed out
@@ -48,7 +62,7 @@ class Result:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Summary:
-    """What a run measured: hit and miss latencies in ms, and how many requests failed."""
+    """What a run measured: hit, stale and miss latencies in ms, and how many failed."""
 
     requests: int
     hits: tuple[float, ...]
@@ -56,12 +70,17 @@ class Summary:
     errors: int  # answered without a prediction, or not answered at all
     unanswered: int  # the errors that got no answer at all
     hits_in_api: tuple[float, ...] = ()  # Server-Timing of the hits that sent one
+    stale: tuple[float, ...] = ()
+
+    @property
+    def predictions(self) -> int:
+        """Answers that carried a prediction: hits, stale ones and misses."""
+        return len(self.hits) + len(self.stale) + len(self.misses)
 
     @property
     def hit_ratio(self) -> float | None:
         """Hits over predictions served; errors are left out, as they served nothing."""
-        served = len(self.hits) + len(self.misses)
-        return len(self.hits) / served if served else None
+        return len(self.hits) / self.predictions if self.predictions else None
 
     @property
     def speed_up(self) -> float | None:
@@ -91,11 +110,12 @@ def percentile(values: Iterable[float], p: float) -> float | None:
 
 
 def summarize(results: Iterable[Result]) -> Summary:
-    """Sort results into hits, misses and errors."""
+    """Sort results into hits, stale answers, misses and errors."""
     results = list(results)
     return Summary(
         requests=len(results),
         hits=tuple(r.ms for r in results if r.kind is Kind.HIT and r.ms is not None),
+        stale=tuple(r.ms for r in results if r.kind is Kind.STALE and r.ms is not None),
         misses=tuple(r.ms for r in results if r.kind is Kind.MISS and r.ms is not None),
         errors=sum(r.kind in (Kind.ERROR, Kind.FAILED) for r in results),
         unanswered=sum(r.kind is Kind.FAILED for r in results),
@@ -133,19 +153,24 @@ def _latency_row(label: str, values: Sequence[float]) -> str:
 
 
 def format_summary(summary: Summary, target: str, connections: int) -> str:
-    """The summary block printed after the per-request lines."""
-    served = len(summary.hits) + len(summary.misses)
+    """The summary block printed after the per-request lines.
+
+    Stale answers get a row only when there are any, as the API's own times do: a run
+    against a healthy, precomputed cache has none.
+    """
     ratio = "n/a" if summary.hit_ratio is None else f"{summary.hit_ratio:.1%}"
     speed_up = "n/a" if summary.speed_up is None else f"{summary.speed_up:.1f}x"
+    stale = f", {len(summary.stale)} stale" if summary.stale else ""
     return "\n".join(
         [
             f"--- {_plural(summary.requests, 'request')} to {target}"
             f" over {_plural(connections, 'connection')}",
-            f"hit ratio: {ratio} ({len(summary.hits)} of {served} predictions)   "
-            f"errors: {summary.errors} ({summary.unanswered} without an answer)",
+            f"hit ratio: {ratio} ({len(summary.hits)} of {summary.predictions} predictions"
+            f"{stale})   errors: {summary.errors} ({summary.unanswered} without an answer)",
             _row("ms", "n", [*(f"p{p}" for p in PERCENTILES), "max"])
             + "   (nearest-rank percentiles)",
             _latency_row("hits", summary.hits),
+            *([_latency_row("stale", summary.stale)] if summary.stale else []),
             _latency_row("misses", summary.misses),
             *(
                 [_latency_row("hits, in the API", summary.hits_in_api)]
@@ -166,9 +191,21 @@ def describe_answer(status: int, reason: str, body: bytes) -> str:
     return f"{status} {code}" if isinstance(code, str) else f"{status} {reason}".rstrip()
 
 
-def server_duration(response: http.client.HTTPResponse) -> float | None:
+def classify(
+    ms: float, status: int, reason: str, x_cache: str | None, body: bytes, server_ms: float | None
+) -> Result:
+    """An answer's Result: a 200's kind is its X-Cache (HIT, STALE or MISS), else an error."""
+    cache = (x_cache or "").strip().upper()
+    if status == 200 and cache in (Kind.HIT, Kind.STALE, Kind.MISS):
+        return Result(Kind(cache), ms, server_ms=server_ms)
+    if status == 200:
+        return Result(Kind.ERROR, ms, f"200 but X-Cache is {cache or 'missing'}")
+    return Result(Kind.ERROR, ms, describe_answer(status, reason, body))
+
+
+def server_duration(header: str | None) -> float | None:
     """The first dur= of a Server-Timing header (W3C), in ms; None if there is none."""
-    for metric in (response.getheader("Server-Timing") or "").split(","):
+    for metric in (header or "").split(","):
         for param in metric.split(";")[1:]:
             name, _, value = param.strip().partition("=")
             if name == "dur":
@@ -237,12 +274,14 @@ class Client:
         response = self.conn.getresponse()
         body = response.read()
         ms = (time.perf_counter() - start) * 1000
-        cache = (response.getheader("X-Cache") or "").strip().upper()
-        if response.status == 200 and cache in (Kind.HIT, Kind.MISS):
-            return Result(Kind(cache), ms, server_ms=server_duration(response))
-        if response.status == 200:
-            return Result(Kind.ERROR, ms, f"200 but X-Cache is {cache or 'missing'}")
-        return Result(Kind.ERROR, ms, describe_answer(response.status, response.reason, body))
+        return classify(
+            ms,
+            response.status,
+            response.reason,
+            response.getheader("X-Cache"),
+            body,
+            server_duration(response.getheader("Server-Timing")),
+        )
 
 
 def send_requests(
@@ -264,6 +303,96 @@ def send_requests(
         if client.connections == 0:
             # Never reached the server: a hundred more refusals would tell nothing new.
             return
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Run:
+    """A run's label, where its requests went, and their results: what --save writes."""
+
+    label: str
+    target: str
+    connections: int
+    results: tuple[Result, ...]
+
+
+class RunFileError(Exception):
+    """A --compare file that is not a run saved by --save."""
+
+
+def save_run(run: Run, path: Path) -> None:
+    """Write run to path as JSON; its label is the file's name, so it is not stored."""
+    results = [
+        {"kind": r.kind.value}
+        | ({} if r.ms is None else {"ms": r.ms})
+        | ({"detail": r.detail} if r.detail else {})
+        | ({} if r.server_ms is None else {"server_ms": r.server_ms})
+        for r in run.results
+    ]
+    data = {
+        "saved_by": "scripts/time_requests.py",
+        "version": RUN_FILE_VERSION,
+        "target": run.target,
+        "connections": run.connections,
+        "results": results,
+    }
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def _optional_ms(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{name} is {value!r}, not a number of ms")
+    return float(value)
+
+
+def _result_from(item: Any) -> Result:
+    if not isinstance(item, dict):
+        raise ValueError(f"a result is {item!r}, not an object")
+    try:
+        kind = Kind(item["kind"])
+    except (KeyError, ValueError):
+        raise ValueError(f"kind is {item.get('kind')!r}, not one of {', '.join(Kind)}") from None
+    ms = _optional_ms(item.get("ms"), "ms")
+    detail = item.get("detail", "")
+    if not isinstance(detail, str):
+        raise ValueError(f"detail is {detail!r}, not a string")
+    if (ms is None) != (kind is Kind.FAILED):  # only a request without an answer has no time
+        raise ValueError(f"a {kind} result {'with' if ms is not None else 'without'} ms")
+    return Result(kind, ms, detail, _optional_ms(item.get("server_ms"), "server_ms"))
+
+
+def load_run(path: Path, label: str | None = None) -> Run:
+    """The run saved at path, labelled with the file's name unless label says otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("version") != RUN_FILE_VERSION:
+            raise ValueError(f"not a run saved by --save (version {RUN_FILE_VERSION})")
+        target, connections = data.get("target"), data.get("connections")
+        if not isinstance(target, str) or not isinstance(connections, int):
+            raise ValueError("no target or connections")
+        if not isinstance(data.get("results"), list):
+            raise ValueError("no results")
+        results = tuple(_result_from(item) for item in data["results"])
+    except (OSError, ValueError) as exc:  # JSON and Unicode errors are ValueErrors
+        raise RunFileError(f"cannot read {path}: {exc}") from None
+    return Run(label or path.stem, target, connections, results)
+
+
+def _series(run: Run) -> latency_plot.Series:
+    samples = tuple((r.kind, r.ms) for r in run.results if r.ms is not None)
+    return latency_plot.Series(run.label, samples)
+
+
+def show_distribution(runs: Sequence[Run], histogram: bool, plot: Path | None) -> None:
+    """The latency histogram in the terminal (--histogram), and the PNG (--plot)."""
+    series = [_series(run) for run in runs]
+    if histogram:
+        width = min(shutil.get_terminal_size((80, 24)).columns, 120)
+        print(f"\n{latency_plot.render_histogram(series, width)}")
+    if plot is not None:
+        latency_plot.draw_png(series, plot)
+        print(f"latency plot: {plot}")
 
 
 def _url(text: str) -> str:
@@ -306,9 +435,24 @@ def _timeout(text: str) -> float:
     return _seconds(text, zero_ok=False)
 
 
+def _output(text: str) -> Path:
+    # Checked before the run, so that a typo does not throw away a hundred requests.
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no directory {str(path.parent)!r} to write {text!r} in")
+    return path
+
+
+# What sends requests: meaningless with --compare, which reads runs that were sent before.
+_SENDING = ("url", "pair", "count", "interval", "timeout")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Time GET /predict/<PAIR> over one keep-alive connection."
+        description="Time GET /predict/<PAIR> over one keep-alive connection.",
+        epilog="A run with the worker and beat precomputing, against one without: "
+        "--save with.json, stop the worker and beat, --save without.json, "
+        "then --compare with.json without.json --histogram --plot latency.png",
     )
     parser.add_argument("--url", type=_url, default="http://127.0.0.1:8000", help="API base URL")
     parser.add_argument("--pair", default="ETH-EUR", help="pair to ask for (default ETH-EUR)")
@@ -327,21 +471,90 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=15.0,
         help="seconds to wait for each answer (default 15)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--histogram",
+        action="store_true",
+        help="print the latency distribution, by HIT / STALE / MISS, after the summary",
+    )
+    parser.add_argument(
+        "--plot",
+        type=_output,
+        metavar="FILE.png",
+        help="draw the latency distribution into a PNG (needs matplotlib: the bench extra)",
+    )
+    runs = parser.add_mutually_exclusive_group()
+    runs.add_argument(
+        "--save", type=_output, metavar="FILE.json", help="write this run's results to a file"
+    )
+    runs.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FILE.json",
+        help="send no requests: summarize runs saved with --save, labelled by their file names,"
+        " and with --histogram or --plot draw them side by side",
+    )
+    args = parser.parse_args(argv)
+
+    if args.compare:
+        sending = [
+            f"--{name}" for name in _SENDING if getattr(args, name) != parser.get_default(name)
+        ]
+        if sending:
+            parser.error(f"--compare sends no requests: leave out {', '.join(sending)}")
+        stems = [path.stem for path in args.compare]
+        unique = len(set(stems)) == len(stems)  # else label each by its path, as given
+        try:
+            args.runs = [load_run(path, None if unique else str(path)) for path in args.compare]
+        except RunFileError as exc:
+            parser.error(str(exc))
+    if args.plot is not None:
+        try:
+            latency_plot.load_pyplot()
+        except latency_plot.PlotUnavailable:
+            install = f"{shlex.quote(sys.executable)} -m pip install -e '.[bench]'"
+            parser.error(
+                "--plot draws with matplotlib, which is not installed: "
+                f"run {install} in the repository root (the project's bench extra), "
+                "or use --histogram, which needs nothing"
+            )
+    return args
+
+
+def report(run: Run, args: argparse.Namespace) -> None:
+    """The summary of a run just sent, then what --save, --histogram and --plot ask for."""
+    print(format_summary(summarize(run.results), run.target, run.connections))
+    if args.save is not None:  # first: were drawing to fail, the run is kept
+        save_run(run, args.save)
+        print(f"saved: {args.save} (--compare it with another run)")
+    show_distribution([run], args.histogram, args.plot)
+
+
+def compare(runs: Sequence[Run], args: argparse.Namespace) -> int:
+    """The summary of each saved run, then their distributions side by side."""
+    for run in runs:
+        print(f"=== {run.label}")
+        print(format_summary(summarize(run.results), run.target, run.connections))
+    show_distribution(runs, args.histogram, args.plot)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compare:
+        return compare(args.runs, args)
     base_path = urllib.parse.urlsplit(args.url).path.rstrip("/")
     path = f"{base_path}/predict/{urllib.parse.quote(args.pair, safe='')}"
     target = urllib.parse.urljoin(args.url, path)
+    label = "this run" if args.save is None else args.save.stem
     client = Client(args.url, args.timeout)
     results: list[Result] = []
     try:
         send_requests(client, path, args.count, args.interval, results)
     except KeyboardInterrupt:
         print(f"\ninterrupted after {len(results)} of {args.count} requests")
-        print(format_summary(summarize(results), target, client.connections))
+        report(Run(label, target, client.connections, tuple(results)), args)
         return 130
     finally:
         client.close()
@@ -349,9 +562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if client.connections == 0:  # nothing was measured, so no summary, only the reason
         print(f"no answer from {args.url}: is the API running? (make run)", file=sys.stderr)
         return 1
+    report(Run(label, target, client.connections, tuple(results)), args)
     summary = summarize(results)
-    print(format_summary(summary, target, client.connections))
-    if summary.hits or summary.misses:
+    if summary.predictions:
         return 0
     if summary.unanswered == summary.requests:
         print(f"no answer from {args.url}: is the API running? (make run)", file=sys.stderr)

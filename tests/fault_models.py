@@ -44,3 +44,22 @@ class PairFaultModel:
         if fault == "raise":
             raise RuntimeError(f"model exploded on {pair}")
         return BAD_PRICES[fault]
+
+
+class SwitchedFaultModel:
+    """The default model, failing every pair while the file FAULT_FILE exists.
+
+    A test breaks and mends the model of running processes by creating and removing
+    that file: a refresh failure injected from outside, as an outage would come.
+    """
+
+    version = "switched-fault-1"
+
+    def __init__(self) -> None:
+        self.switch = os.environ["FAULT_FILE"]
+        self.healthy = LogLinearTrendModel()
+
+    def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int) -> float:
+        if os.path.exists(self.switch):
+            raise RuntimeError(f"injected model failure on {pair}")
+        return self.healthy.predict(pair, prices, horizon_seconds)

@@ -22,6 +22,8 @@ TEST_PAIRS = "ETH-EUR,BTC-EUR,ETH-USD,BTC-USD"
 TEST_TTL = 4
 TEST_REFRESH = 1
 TEST_MODEL_LATENCY = 0.3
+# How long past its freshness a prediction stays in Redis, served as STALE.
+TEST_GRACE = 60
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +55,7 @@ def service_env(redis_server: RedisServer) -> dict[str, str]:
             "REFRESH_INTERVAL_SECONDS": str(TEST_REFRESH),
             "SIMULATED_MODEL_LATENCY_SECONDS": str(TEST_MODEL_LATENCY),
             "COMPUTE_TIMEOUT_SECONDS": "5",
+            "STALE_GRACE_SECONDS": str(TEST_GRACE),
             "API_BIND": f"127.0.0.1:{free_port()}",
             "API_WORKERS": "2",
             "LOG_LEVEL": "INFO",

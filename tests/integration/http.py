@@ -34,3 +34,12 @@ def get(api: Process, path: str, method: str = "GET", http: urllib3.PoolManager 
 def computations(process: Process, pair: str) -> int:
     """How many times the process ran the model for the pair."""
     return process.count(f"computed prediction pair={pair} ")
+
+
+def log_records(process: Process) -> list[dict[str, Any]]:
+    """The process's JSON log lines (LOG_FORMAT=json), decoded; other lines skipped."""
+    records = []
+    for line in process.output().splitlines():
+        if line.startswith("{"):
+            records.append(orjson.loads(line))
+    return records

@@ -9,7 +9,13 @@ import orjson
 import pytest
 
 from predictions.keys import prediction_key
-from tests.integration.conftest import TEST_PAIRS, TEST_REFRESH, TEST_TTL, ProcessFactory
+from tests.integration.conftest import (
+    TEST_GRACE,
+    TEST_PAIRS,
+    TEST_REFRESH,
+    TEST_TTL,
+    ProcessFactory,
+)
 from tests.integration.http import computations, get
 from tests.processes import RedisServer, wait_for
 
@@ -125,7 +131,7 @@ def test_a_corrupt_entry_is_recomputed(start: ProcessFactory, redis_server: Redi
         assert answer.body["pair"] == pair and answer.body["predicted_price"] > 0
         stored = orjson.loads(client.get(prediction_key(pair)))  # type: ignore[arg-type]
         assert stored == answer.body
-        assert 0 < client.pttl(prediction_key(pair)) <= TEST_TTL * 1000
+        assert 0 < client.pttl(prediction_key(pair)) <= (TEST_TTL + TEST_GRACE) * 1000
         assert computations(api, pair) == 1
     assert "invalid prediction entry pair=ETH-EUR" in api.output()
     assert "unreadable prediction entry pair=BTC-EUR" in api.output()

@@ -4,7 +4,9 @@ Docker does not run here, so these tests parse the files and hold them to what t
 deployment relies on: the image is installed by `make install` like a developer's
 checkout, runs as a non-root user and the same commands as the Procfile; Redis is
 private, evicts only keys with a TTL and is healthy before anything starts; exactly one
-beat runs; every service has a healthcheck; every variable set is a real setting.
+beat runs; every service has a healthcheck; every variable set is a real setting. The
+optional profiles (the nginx edge cache, Flower) start only when named, and are wired
+to the services they serve; tests/integration/test_edge.py runs the edge's nginx config.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from predictions.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = ("api", "worker", "beat")
+# Optional services, each started only when its profile is named: service -> profile.
+PROFILE_SERVICES = {"edge": "edge", "flower": "flower"}
+EDGE_TEMPLATE = ROOT / "deploy" / "nginx" / "templates" / "default.conf.template"
 ROOT_USERS = ("root", "0")
 
 # Variables the image sets for the interpreter rather than for the service.
@@ -408,7 +413,12 @@ def test_dockerignore_keeps_local_state_out(path: str, dockerignore: list[str]) 
 
 
 def test_compose_services(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"redis", *APP_SERVICES}
+    assert set(services) == {"redis", *APP_SERVICES, *PROFILE_SERVICES}
+    # A plain `docker compose up` starts exactly these; the rest wait for their profile.
+    always = {name for name, service in services.items() if not service.get("profiles")}
+    assert always == {"redis", *APP_SERVICES}
+    for name, profile in PROFILE_SERVICES.items():
+        assert services[name]["profiles"] == [profile], name
 
 
 def test_exactly_one_beat(services: dict[str, dict[str, Any]]) -> None:
@@ -525,6 +535,82 @@ def test_redis_is_bounded_and_evicts_only_keys_with_a_ttl(
     assert options["--maxmemory"] not in ("0", "0b"), "unbounded memory never evicts"
 
 
+# --- the optional profiles: the edge cache and Flower ----------------------------------
+
+
+def nginx_directives(text: str) -> list[list[str]]:
+    """Each directive of an nginx config as its words, comments dropped (enough for ours)."""
+    code = "\n".join(line.split("#")[0] for line in text.splitlines())
+    statements = re.split(r"[;{}]", code)
+    return [statement.split() for statement in statements if statement.strip()]
+
+
+@pytest.fixture(scope="module")
+def edge_template() -> str:
+    return EDGE_TEMPLATE.read_text()
+
+
+def test_edge_is_the_official_nginx_with_the_shipped_template(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    edge = services["edge"]
+    assert re.fullmatch(r"nginx:1\.\d+(\.\d+)?-alpine", edge["image"]), edge["image"]
+    assert ("8080", int(environment(edge)["EDGE_LISTEN"])) in container_ports(edge)
+    source, target, mode = edge["volumes"][0].split(":")
+    assert (ROOT / source).resolve() == EDGE_TEMPLATE.parent
+    assert (target, mode) == ("/etc/nginx/templates", "ro")
+    assert EDGE_TEMPLATE.name.endswith(".conf.template"), "the image renders *.template only"
+    assert edge["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+def test_edge_variables_fill_the_template_and_nothing_else(
+    services: dict[str, dict[str, Any]], edge_template: str, image_env: dict[str, str]
+) -> None:
+    env = environment(services["edge"])
+    placeholders = set(re.findall(r"\$\{(\w+)\}", edge_template))
+    assert placeholders == {name for name in env if name.startswith("EDGE_")}
+    # The image's envsubst replaces every defined variable whose name matches this
+    # filter: the template's own nginx variables ($host, $upstream_...) must not match.
+    nginx_variables = set(re.findall(r"\$(\w+)", edge_template))
+    substituted = re.compile(env["NGINX_ENVSUBST_FILTER"])
+    assert all(substituted.search(name) for name in placeholders)
+    assert not [name for name in nginx_variables if substituted.search(name)]
+    api_port = image_env["API_BIND"].rpartition(":")[2]
+    assert env["EDGE_API"] == f"api:{api_port}"
+
+
+def test_edge_never_serves_a_stale_or_an_error_answer(edge_template: str) -> None:
+    # What the integration test shows with a real nginx, held here where nginx is absent.
+    directives = nginx_directives(edge_template)
+    names = [words[0] for words in directives]
+    ignored = next(words[1:] for words in directives if words[0] == "proxy_ignore_headers")
+    assert {"Cache-Control", "Expires"} <= set(ignored)
+    assert "X-Accel-Expires" not in ignored, "the API's absolute expiry is the lifetime"
+    # No stale answers on errors or while updating, and errors never cached by status.
+    assert "proxy_cache_use_stale" not in names
+    assert "proxy_cache_background_update" not in names
+    assert "proxy_cache_valid" not in names
+    assert "proxy_cache_revalidate" not in names
+    assert ["proxy_cache_lock", "on"] in directives
+    assert ["add_header", "X-Cache-Status", "$upstream_cache_status", "always"] in directives
+
+
+def test_flower_watches_the_brokers_queues_on_loopback_only(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    flower = services["flower"]
+    assert flower["image"].startswith("mher/flower:"), "the official image, pinned"
+    env = environment(flower)
+    app_settings = Settings.from_env(environment(compose["x-app"]))
+    assert env["CELERY_BROKER_URL"] == app_settings.broker_url
+    port = int(env["FLOWER_PORT"])
+    assert container_ports(flower) == [("5555", port)]
+    # Flower can shut workers down and has no login: never on the host's interfaces.
+    assert flower["ports"] == [f"127.0.0.1:5555:{port}"]
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert f"127.0.0.1:{port}/healthcheck" in healthcheck_text(flower)
+
+
 # --- users, settings and secrets ------------------------------------------------------
 
 
@@ -538,7 +624,10 @@ def test_no_service_runs_as_root(services: dict[str, dict[str, Any]]) -> None:
 
 
 def test_compose_sets_only_real_settings(services: dict[str, dict[str, Any]]) -> None:
+    # The optional services run other images, configured by their own variables (below).
     for name, service in services.items():
+        if name in PROFILE_SERVICES:
+            continue
         env = environment(service)
         unknown = set(env) - setting_names()
         assert not unknown, f"{name} sets variables that are not settings: {sorted(unknown)}"
@@ -554,7 +643,15 @@ def test_compose_substitutes_nothing_from_the_host() -> None:
     assert "$" not in text.replace("$$", "")
 
 
-@pytest.mark.parametrize("name", ["Dockerfile", "docker-compose.yml", ".dockerignore"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Dockerfile",
+        "docker-compose.yml",
+        ".dockerignore",
+        str(EDGE_TEMPLATE.relative_to(ROOT)),
+    ],
+)
 def test_no_secrets_in_deployment_files(name: str) -> None:
     text = (ROOT / name).read_text()
     for what, pattern in SECRET_PATTERNS.items():

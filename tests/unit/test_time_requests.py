@@ -1,4 +1,4 @@
-"""scripts/time_requests.py: its arithmetic, and the real script against a stub API."""
+"""scripts/time_requests.py and latency_plot.py: arithmetic, drawing, and a stub API."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -16,8 +17,11 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "time_requests.py"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SCRIPT = SCRIPTS / "time_requests.py"
 LINE = re.compile(r"Time taken: (\d+\.\d\d)ms  (.+)")
 
 
@@ -26,18 +30,20 @@ def _labels(lines: list[str]) -> list[str]:
     return [m.group(2) if (m := LINE.fullmatch(line)) else line for line in lines]
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("time_requests", SCRIPT)
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    # dataclasses resolves the module by name while it builds the classes.
+    # dataclasses resolves the module by name while it builds the classes, and the script
+    # imports latency_plot by name, as its neighbour on sys.path when run as a script.
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
-tr = _load_script()
-Kind, Result = tr.Kind, tr.Result
+plot = _load("latency_plot")
+tr = _load("time_requests")
+Kind, Result, Series = tr.Kind, tr.Result, plot.Series
 
 
 # --- percentiles and the summary -------------------------------------------------------
@@ -196,11 +202,337 @@ def test_arguments_have_the_documented_defaults_and_bounds() -> None:
             tr.parse_args(bad)
 
 
+# --- STALE, and classifying an answer -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "x_cache", "body", "expected"),
+    [
+        (200, "HIT", b"{}", Result(Kind.HIT, 2.0, server_ms=0.5)),
+        (200, "MISS", b"{}", Result(Kind.MISS, 2.0, server_ms=0.5)),
+        (
+            200,
+            "STALE",
+            b'{"pair": "ETH-EUR", "stale": true}',
+            Result(Kind.STALE, 2.0, server_ms=0.5),
+        ),
+        (200, " stale ", b"{}", Result(Kind.STALE, 2.0, server_ms=0.5)),
+        (200, "EXPIRED", b"{}", Result(Kind.ERROR, 2.0, "200 but X-Cache is EXPIRED")),
+        (200, None, b"{}", Result(Kind.ERROR, 2.0, "200 but X-Cache is missing")),
+        (
+            503,
+            None,
+            b'{"error": {"status": 503, "code": "cache_unavailable", "message": "x"}}',
+            Result(Kind.ERROR, 2.0, "503 cache_unavailable"),
+        ),
+    ],
+)
+def test_classify_reads_the_kind_from_x_cache(
+    status: int, x_cache: str | None, body: bytes, expected: object
+) -> None:
+    reason = "OK" if status == 200 else "Service Unavailable"
+    assert tr.classify(2.0, status, reason, x_cache, body, 0.5 if status == 200 else None) == (
+        expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("cache;dur=0.512", 0.512),
+        ('cache;desc="redis";dur="1.5", db;dur=9', 1.5),
+        ("cache", None),
+        ("cache;dur=fast", None),
+        (None, None),
+    ],
+)
+def test_server_duration_is_the_first_dur(header: str | None, expected: float | None) -> None:
+    assert tr.server_duration(header) == expected
+
+
+def test_stale_answers_are_predictions_counted_apart() -> None:
+    summary = tr.summarize(
+        [
+            Result(Kind.HIT, 1.0),
+            Result(Kind.STALE, 0.75),
+            Result(Kind.STALE, 0.5),
+            Result(Kind.MISS, 1000.0),
+            Result(Kind.ERROR, 3.0, "503 cache_unavailable"),
+        ]
+    )
+    assert (summary.hits, summary.stale, summary.misses) == ((1.0,), (0.75, 0.5), (1000.0,))
+    assert summary.predictions == 4
+    assert summary.hit_ratio == 0.25  # a stale answer is served, but it is not a hit
+    text = tr.format_summary(summary, "http://h/predict/ETH-EUR", connections=1)
+    assert text.splitlines()[1:6] == [
+        "hit ratio: 25.0% (1 of 4 predictions, 2 stale)   errors: 1 (0 without an answer)",
+        "ms                   n       p50       p90       p99       max"
+        "   (nearest-rank percentiles)",
+        "hits                 1      1.00      1.00      1.00      1.00",
+        "stale                2      0.50      0.75      0.75      0.75",
+        "misses               1   1000.00   1000.00   1000.00   1000.00",
+    ]
+
+
+def test_format_result_of_a_stale_answer() -> None:
+    line = tr.format_result(Result(Kind.STALE, 0.456, server_ms=0.2))
+    assert line == "Time taken: 0.46ms  STALE  (in the API: 0.20ms)"
+
+
+# --- the latency histogram ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ms", "low", "high"),
+    [
+        (0.3, 0.2, 0.5),
+        (0.5, 0.5, 1),
+        (0.999, 0.5, 1),
+        (1, 1, 2),
+        (1.999, 1, 2),
+        (2, 2, 5),
+        (4.99, 2, 5),
+        (5, 5, 10),
+        (10, 10, 20),
+        (999.9, 500, 1000),
+        (1000, 1000, 2000),
+        (1032.42, 1000, 2000),
+        (15000, 10000, 20000),
+        (0.0, 0.001, 0.002),  # a coarse clock's zero: drawn with the fastest
+    ],
+)
+def test_buckets_are_1_2_5_steps_per_decade(ms: float, low: float, high: float) -> None:
+    index = plot.bucket_of(ms)
+    assert (plot.bucket_edge(index), plot.bucket_edge(index + 1)) == (low, high)
+
+
+@given(st.floats(min_value=plot.SMALLEST_MS, max_value=1e7))
+def test_every_latency_falls_within_its_bucket(ms: float) -> None:
+    index = plot.bucket_of(ms)
+    assert plot.bucket_edge(index) <= ms < plot.bucket_edge(index + 1)
+
+
+def test_bucket_labels_are_their_edges() -> None:
+    assert [plot.bucket_label(i) for i in (-2, -1, 0, 1, 2, 9)] == [
+        "0.2-0.5",
+        "0.5-1",
+        "1-2",
+        "2-5",
+        "5-10",
+        "1000-2000",
+    ]
+
+
+WARM = Series(
+    "warm",
+    (("HIT", 0.5), ("HIT", 0.7), ("HIT", 0.9), ("STALE", 0.6), ("HIT", 1.5), ("MISS", 1200.0)),
+)
+COLD = Series("cold", (("MISS", 1100.0), ("MISS", 1500.0), ("HIT", 0.8), ("ERROR", 3.0)))
+
+
+def test_histogram_of_two_runs_side_by_side() -> None:
+    # Bars are shares of each run's answers, the largest (4 of 6) filling 21 characters.
+    assert plot.render_histogram([WARM, COLD], width=60).splitlines() == [
+        "       ms  warm: 6 answers          cold: 4 answers",
+        "    0.5-1  HHHHHHHHHHHHHHHHSSSSS 4  HHHHHHHH 1",
+        "      1-2  HHHHH 1",
+        "      2-5                           EEEEEEEE 1",
+        "     5-10",
+        "    10-20",
+        "    20-50",
+        "   50-100",
+        "  100-200",
+        "  200-500",
+        " 500-1000",
+        "1000-2000  MMMMM 1                  MMMMMMMMMMMMMMMM 2",
+        plot.LEGEND,
+    ]
+
+
+def test_histogram_shows_every_kind_however_rare_and_fits_its_width() -> None:
+    run = Series("busy", (("HIT", 1.0),) * 998 + (("STALE", 1.0), ("MISS", 1000.0)))
+    lines = plot.render_histogram([run, WARM, COLD], width=100).splitlines()
+    assert all(len(line) <= 100 for line in lines)
+    rows = {line.split()[0]: line for line in lines[1:-1]}
+    assert re.match(r" +1-2  H+S 999  ", rows["1-2"])  # the one stale answer still shows
+    assert re.match(r"1000-2000  M 1  ", rows["1000-2000"])
+
+
+def test_a_header_too_wide_shortens_the_label_and_keeps_the_count() -> None:
+    runs = [Series("with-precompute", WARM.samples), Series("without-precompute", COLD.samples)]
+    header = plot.render_histogram(runs, width=50).splitlines()[0]
+    # Columns of 18 characters: a 16-character bar, a space, a one-digit count.
+    assert header == "       ms  with-precomp.. (6)  without-prec.. (4)"
+
+
+def test_histogram_of_nothing_says_so() -> None:
+    assert plot.render_histogram([Series("empty", ())]) == "latency histogram: no answers to draw"
+
+
+# --- saving and comparing runs -----------------------------------------------------------
+
+RUN = tr.Run(
+    "ignored",
+    "http://127.0.0.1:8000/predict/ETH-EUR",
+    2,
+    (
+        Result(Kind.MISS, 1032.4217, server_ms=1025.54),
+        Result(Kind.HIT, 2.19),
+        Result(Kind.STALE, 0.51, server_ms=0.2),
+        Result(Kind.ERROR, 3.1, "503 cache_unavailable"),
+        Result(Kind.FAILED, None, "no answer within 15 s"),
+    ),
+)
+
+
+def test_a_saved_run_reads_back_the_same_labelled_by_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "with-precompute.json"
+    tr.save_run(RUN, path)
+    assert tr.load_run(path) == tr.Run("with-precompute", RUN.target, 2, RUN.results)
+    assert tr.load_run(path, "other").label == "other"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("not json", "Expecting value"),
+        ('{"version": 2, "target": "t", "connections": 1, "results": []}', "not a run"),
+        ('{"version": 1, "target": "t", "connections": 1}', "no results"),
+        ('{"version": 1, "connections": 1, "results": []}', "no target"),
+        ('{"version": 1, "target": "t", "connections": 1, "results": [{"kind": "HOT", "ms": 1}]}',
+         "kind is 'HOT'"),
+        ('{"version": 1, "target": "t", "connections": 1, "results": [{"kind": "HIT"}]}',
+         "a HIT result without ms"),
+        ('{"version": 1, "target": "t", "connections": 1, "results": [{"kind": "HIT", "ms": -1}]}',
+         "ms is -1"),
+        ('{"version": 1, "target": "t", "connections": 1, "results": [1]}', "not an object"),
+    ],
+)  # fmt: skip
+def test_a_file_that_is_not_a_saved_run_is_refused(tmp_path: Path, text: str, reason: str) -> None:
+    path = tmp_path / "run.json"
+    path.write_text(text)
+    with pytest.raises(tr.RunFileError, match=f"cannot read {re.escape(str(path))}: .*{reason}"):
+        tr.load_run(path)
+
+
+def test_compare_prints_each_saved_run_and_their_histogram(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tr.save_run(RUN, tmp_path / "warm.json")
+    tr.save_run(
+        tr.Run("", "http://h/predict/X", 1, (Result(Kind.MISS, 999.0),)), tmp_path / "cold.json"
+    )
+
+    status = tr.main(
+        ["--compare", str(tmp_path / "warm.json"), str(tmp_path / "cold.json"), "--histogram"]
+    )
+
+    out = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert out[0] == "=== warm"
+    assert out[1] == f"--- 5 requests to {RUN.target} over 2 connections"
+    assert "=== cold" in out
+    assert out[out.index("=== cold") + 1] == "--- 1 request to http://h/predict/X over 1 connection"
+    header = out[out.index(plot.LEGEND) - 12]  # 0.5-1 up to 1000-2000: a header, 11 rows
+    assert re.fullmatch(r" +ms  warm: 4 answers +cold: 1 answer", header)
+
+
+def test_compare_labels_runs_of_the_same_name_by_their_path(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        tr.save_run(RUN, tmp_path / name / "run.json")
+    args = tr.parse_args(["--compare", str(tmp_path / "a/run.json"), str(tmp_path / "b/run.json")])
+    assert [run.label for run in args.runs] == [
+        str(tmp_path / "a/run.json"),
+        str(tmp_path / "b/run.json"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--count", "5"], "--compare sends no requests: leave out --count"),
+        (["--url", "http://h:1", "--pair", "BTC-EUR"], "leave out --url, --pair"),
+        (["--save", "x.json"], "argument --compare: not allowed with argument --save"),
+    ],
+)
+def test_compare_refuses_what_only_a_new_run_means(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    tr.save_run(RUN, tmp_path / "run.json")
+    with pytest.raises(SystemExit) as exit:
+        tr.parse_args([*args, "--compare", str(tmp_path / "run.json")])
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_file_to_write_needs_an_existing_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for option in ("--save", "--plot"):
+        with pytest.raises(SystemExit):
+            tr.parse_args([option, str(tmp_path / "missing" / "out")])
+        assert f"argument {option}: no directory" in capsys.readouterr().err
+
+
+# --- the PNG -----------------------------------------------------------------------------
+
+INSTALL_HINT = "-m pip install -e '.[bench]'"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk comes first
+    return width, height
+
+
+def test_plot_draws_a_png_or_says_how_to_install_matplotlib(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Never skipped: CI installs only the dev extra, without matplotlib; bench has it."""
+    tr.save_run(RUN, tmp_path / "warm.json")
+    png = tmp_path / "latency.png"
+    argv = [
+        "--compare",
+        str(tmp_path / "warm.json"),
+        str(tmp_path / "warm.json"),
+        "--plot",
+        str(png),
+    ]
+
+    if importlib.util.find_spec("matplotlib") is None:
+        with pytest.raises(SystemExit) as exit:
+            tr.main(argv)
+        assert exit.value.code == 2
+        assert INSTALL_HINT in capsys.readouterr().err
+        assert not png.exists()
+    else:
+        assert tr.main(argv) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == f"latency plot: {png}"
+        assert _png_size(png) == (900, 580)  # 9 x (1 + 2.4 per run) inches at 100 dpi
+
+
+def test_plot_without_matplotlib_stops_before_any_request(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)  # "import matplotlib" now fails
+    with pytest.raises(SystemExit) as exit:
+        # Port 1: were a request sent, it would be refused and exit 1, not 2.
+        tr.main(["--url", "http://127.0.0.1:1", "--plot", str(tmp_path / "out.png")])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "--plot draws with matplotlib, which is not installed" in err
+    assert f"{sys.executable} {INSTALL_HINT}" in err
+    assert "--histogram, which needs nothing" in err
+
+
 # --- the real script against a stub API --------------------------------------------------
 
 
 class StubAPI(http.server.BaseHTTPRequestHandler):
-    """Answers GET /predict/<PAIR> with the next scripted answer: HIT, MISS, 503 or SLOW."""
+    """Answers GET /predict/<PAIR> with the next scripted answer: HIT, STALE, MISS, 503, SLOW."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn does
     server: StubServer
@@ -218,6 +550,8 @@ class StubAPI(http.server.BaseHTTPRequestHandler):
         else:
             status, headers = 200, {"X-Cache": answer}
             body = {"pair": "ETH-EUR", "predicted_price": 2000.5, "model_version": "stub"}
+            if answer == "STALE":
+                body["stale"] = True
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -375,10 +709,12 @@ def test_ctrl_c_prints_the_summary_so_far_and_exits_130(
 ) -> None:
     server = stub_api(["HIT"])
     # Run through a shim that restores Python's SIGINT handler, which a parent that ignores
-    # SIGINT (a background job, some CI runners) would otherwise pass on as ignored.
+    # SIGINT (a background job, some CI runners) would otherwise pass on as ignored. It puts
+    # the script's directory first on sys.path, as `python scripts/time_requests.py` does.
     shim = (
-        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
-        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+        "import os, runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+        "sys.argv = sys.argv[1:]; sys.path.insert(0, os.path.dirname(sys.argv[0]));"
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
     )
     args = [str(SCRIPT), "--count", "5", "--interval", "30", "--url", server.url]
     with subprocess.Popen(
@@ -398,3 +734,34 @@ def test_ctrl_c_prints_the_summary_so_far_and_exits_130(
     assert "interrupted after 1 of 5 requests" in stdout
     assert "--- 1 request to" in stdout
     assert "hit ratio: 100.0% (1 of 1 predictions)" in stdout
+
+
+def test_a_run_with_stale_answers_saved_and_compared(
+    stub_api: Callable[..., StubServer], tmp_path: Path
+) -> None:
+    server = stub_api(["MISS", "HIT", "STALE", "HIT"])
+    saved = tmp_path / "degraded.json"
+    out = run_script(
+        "--count", "4", "--interval", "0", "--url", server.url, "--histogram", "--save", str(saved)
+    )
+
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert _labels(lines[:4]) == ["MISS", "HIT", "STALE", "HIT"]
+    assert (
+        lines[5]
+        == "hit ratio: 50.0% (2 of 4 predictions, 1 stale)   errors: 0 (0 without an answer)"
+    )
+    assert [line.split()[:2] for line in lines[7:10]] == [
+        ["hits", "2"],
+        ["stale", "1"],
+        ["misses", "1"],
+    ]
+    assert lines[11] == f"saved: {saved} (--compare it with another run)"
+    assert re.fullmatch(r" +ms  degraded: 4 answers", lines[13])
+    assert lines[-1] == plot.LEGEND
+
+    again = run_script("--compare", str(saved))
+    assert again.returncode == 0, again.stderr
+    # The same summary as the run printed, read back from the file.
+    assert again.stdout.splitlines()[1:8] == lines[4:11]
