@@ -46,13 +46,22 @@ class PriceWindow:
     prices: np.ndarray
 
 
+class MarketDataError(RuntimeError):
+    """A source could not give a pair's prices (timeout, rate limit, unknown symbol...)."""
+
+
 class MarketData(Protocol):
-    """A source of recent prices; ``name`` is reported in every prediction."""
+    """A source of recent prices; ``name`` is reported in every prediction.
+
+    A source may also have ``prefetch(pairs, now)``: Predictor.compute_many calls it
+    once per refresh batch, before reading each pair, so that a live source fetches
+    every pair of the batch in one go (once per refresh cycle), not once per request.
+    """
 
     name: str
 
     def recent_prices(self, pair: str, now: float) -> PriceWindow:
-        """Return the prices of ``pair`` for the minutes up to ``now``."""
+        """Return the prices of ``pair`` for the minutes up to ``now``; raise on failure."""
         ...
 
 
@@ -124,8 +133,14 @@ def _shocks(key: int, first_minute: int, count: int) -> np.ndarray:
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def build_market_data(name: str) -> MarketData:
+def build_market_data(name: str, timeout_seconds: float = 5.0) -> MarketData:
     """The source named by the MARKET_DATA setting."""
     if name == "synthetic":
         return SyntheticMarketData()
+    kind, _, exchange = name.partition(":")
+    if kind == "ccxt" and exchange:
+        # Imported only when asked for: ccxt is an optional extra (`live`).
+        from predictions.ccxt_market_data import CcxtMarketData
+
+        return CcxtMarketData(exchange, timeout_seconds=timeout_seconds)
     raise ValueError(f"MARKET_DATA: unknown source {name!r}")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from predictions import metrics
 from predictions.market_data import MarketData, build_market_data
-from predictions.model import Model, load_model
+from predictions.model import LoadedModel, Model, load_model
 from predictions.prediction import Prediction
 from predictions.settings import Settings
 
@@ -24,7 +24,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: Model,
+        model: Model | LoadedModel,
         market_data: MarketData,
         horizon_seconds: int,
         ttl_seconds: float,
@@ -32,7 +32,7 @@ class Predictor:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.model = model
+        self.model = model if isinstance(model, LoadedModel) else LoadedModel(model)
         self.market_data = market_data
         self.horizon_seconds = horizon_seconds
         self.ttl_seconds = ttl_seconds
@@ -45,7 +45,9 @@ class Predictor:
         """Load the configured model and market data (once per process)."""
         return cls(
             model=load_model(settings.model),
-            market_data=build_market_data(settings.market_data),
+            market_data=build_market_data(
+                settings.market_data, settings.market_data_timeout_seconds
+            ),
             horizon_seconds=settings.prediction_horizon_seconds,
             ttl_seconds=settings.prediction_ttl_seconds,
             simulated_latency_seconds=settings.simulated_model_latency_seconds,
@@ -59,34 +61,99 @@ class Predictor:
         try:
             prices = self.market_data.recent_prices(pair, self.clock())
             price = self.model.predict(pair, prices, self.horizon_seconds)
-            computed_at = round(self.clock(), 3)
-            prediction = Prediction(
-                pair=pair,
-                predicted_price=price,
-                horizon_seconds=self.horizon_seconds,
-                computed_at=computed_at,
-                fresh_until=round(computed_at + self.ttl_seconds, 3),
-                model_version=self.model.version,
-                data_source=self.market_data.name,
-                compute_seconds=round(time.perf_counter() - started, 6),
-            )
+            prediction = self._stamp(pair, price, time.perf_counter() - started)
         # A user's model may raise anything; it must fail this pair only, loudly.
         except Exception as exc:
-            metrics.COMPUTATIONS.labels("failed").inc()
-            log.error("prediction failed pair=%s error=%r", pair, exc, extra={"pair": pair})
-            raise PredictionFailed(f"{pair}: {exc}") from exc
+            raise self._failed(pair, exc) from exc
+        self._computed(prediction)
+        return prediction
+
+    def compute_many(self, pairs: Sequence[str]) -> tuple[list[Prediction], dict[str, str]]:
+        """Every pair's prediction, or why it failed: (predictions, {pair: reason}).
+
+        Market data that can fetch many pairs at once (``prefetch``) does so first, once
+        for the whole batch; a model with ``predict_many`` gets one call for the batch.
+        """
+        prefetch = getattr(self.market_data, "prefetch", None)
+        if prefetch is not None:
+            try:
+                prefetch(pairs, self.clock())
+            except Exception as exc:  # each pair's read below says what it lacks
+                log.warning("market data prefetch failed error=%r", exc)
+        if not self.model.batches:
+            predictions, failures = [], {}
+            for pair in pairs:
+                try:
+                    predictions.append(self.compute(pair))
+                except PredictionFailed as exc:
+                    failures[pair] = str(exc)
+            return predictions, failures
+        return self._compute_batch(pairs)
+
+    def _compute_batch(self, pairs: Sequence[str]) -> tuple[list[Prediction], dict[str, str]]:
+        started = time.perf_counter()
+        if self.simulated_latency_seconds:
+            self.sleep(self.simulated_latency_seconds * len(pairs))
+        failures: dict[str, str] = {}
+        windows = {}
+        now = self.clock()
+        for pair in pairs:
+            try:
+                windows[pair] = self.market_data.recent_prices(pair, now)
+            except Exception as exc:
+                failures[pair] = str(self._failed(pair, exc))
+        try:
+            prices = self.model.predict_many(windows, self.horizon_seconds) if windows else {}
+        except Exception as exc:
+            for pair in windows:
+                failures[pair] = str(self._failed(pair, exc))
+            return [], failures
+        # The time one pair cost: what an early refresh of one pair will take.
+        per_pair = (time.perf_counter() - started) / max(1, len(pairs))
+        predictions = []
+        for pair in windows:
+            try:
+                if pair not in prices:
+                    raise KeyError(f"predict_many returned no price for {pair}")
+                prediction = self._stamp(pair, prices[pair], per_pair)
+            except Exception as exc:
+                failures[pair] = str(self._failed(pair, exc))
+                continue
+            self._computed(prediction)
+            predictions.append(prediction)
+        return predictions, failures
+
+    def _stamp(self, pair: str, price: object, seconds: float) -> Prediction:
+        """The prediction record for a price; InvalidPrediction if it is not a price."""
+        computed_at = round(self.clock(), 3)
+        return Prediction(
+            pair=pair,
+            predicted_price=price,  # type: ignore[arg-type]  # validated by Prediction
+            horizon_seconds=self.horizon_seconds,
+            computed_at=computed_at,
+            fresh_until=round(computed_at + self.ttl_seconds, 3),
+            model_version=self.model.version,
+            data_source=self.market_data.name,
+            compute_seconds=round(seconds, 6),
+        )
+
+    def _failed(self, pair: str, exc: BaseException) -> PredictionFailed:
+        metrics.COMPUTATIONS.labels("failed").inc()
+        log.error("prediction failed pair=%s error=%r", pair, exc, extra={"pair": pair})
+        return PredictionFailed(f"{pair}: {exc}")
+
+    def _computed(self, prediction: Prediction) -> None:
         metrics.COMPUTATIONS.labels("ok").inc()
         metrics.COMPUTE_SECONDS.observe(prediction.compute_seconds)
         log.info(
             "computed prediction pair=%s price=%.6g seconds=%.3f model=%s",
-            pair,
+            prediction.pair,
             prediction.predicted_price,
             prediction.compute_seconds,
             prediction.model_version,
             extra={
-                "pair": pair,
+                "pair": prediction.pair,
                 "compute_seconds": prediction.compute_seconds,
                 "model_version": prediction.model_version,
             },
         )
-        return prediction

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -21,7 +22,9 @@ N = TypeVar("N", int, float)
 DEFAULT_PAIRS = ("ETH-EUR", "BTC-EUR", "ETH-USD", "BTC-USD")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
-MARKET_DATA_SOURCES = ("synthetic",)
+# "synthetic" (offline, the default), or "ccxt:<exchange id>" such as ccxt:kraken (live
+# 1-minute candles; needs the `live` extra).
+MARKET_DATA_PATTERN = re.compile(r"synthetic|ccxt:[a-z0-9_]{2,40}")
 
 
 class SettingsError(ValueError):
@@ -45,6 +48,8 @@ class Settings:
     simulated_model_latency_seconds: float = 1.0
     model: str = "predictions.model:LogLinearTrendModel"
     market_data: str = "synthetic"
+    # Live market data: how long one exchange request may take.
+    market_data_timeout_seconds: float = 5.0
     # How long one computation may hold a pair's lock, and so how long a request that
     # waits for someone else's computation waits at most.
     compute_timeout_seconds: float = 10.0
@@ -130,7 +135,8 @@ class Settings:
         read("prediction_horizon_seconds", _positive_int)
         read("simulated_model_latency_seconds", _non_negative_float)
         read("model", _import_string)
-        read("market_data", _choice(MARKET_DATA_SOURCES))
+        read("market_data", _market_data)
+        read("market_data_timeout_seconds", _positive_float)
         read("compute_timeout_seconds", _positive_float)
         read("near_cache_seconds", _non_negative_float)
         read("max_concurrent_computes", _positive_int)
@@ -256,6 +262,12 @@ def _import_string(name: str, raw: str) -> str:
     module, _, attribute = raw.partition(":")
     if not module or not attribute:
         raise _fail(name, "an import string such as package.module:attribute", raw)
+    return raw
+
+
+def _market_data(name: str, raw: str) -> str:
+    if not MARKET_DATA_PATTERN.fullmatch(raw):
+        raise _fail(name, "synthetic, or ccxt:<exchange id> such as ccxt:kraken", raw)
     return raw
 
 

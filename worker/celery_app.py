@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from celery import Celery
 
 from beat_schedule import build_schedule
 from predictions.logs import configure_logging
-from predictions.model import load_model
+from predictions.model import import_model
 from predictions.settings import Settings
 
 
@@ -14,10 +17,15 @@ def create_celery(settings: Settings | None = None) -> Celery:
     """A Celery app for ``settings``; tasks find the settings as ``app.settings``."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    # Import the model now, while Celery has the working directory on sys.path (it
-    # does only while it loads the app): a model module beside the project then loads
-    # in the pool processes too, and a bad MODEL stops the worker at start-up.
-    load_model(settings.model)
+    # Models are importable from the working directory, as under gunicorn: Celery has
+    # it on sys.path only while it loads the app, and a rollout may name a model module
+    # beside the project long after that.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    # Import (not build) the model now: a bad MODEL stops the worker at start-up, and
+    # a model that takes long to load (a large file) does so in each pool process on
+    # its first task, never holding up the worker's start.
+    import_model(settings.model)
     app = Celery("prediction_cache", include=["worker.tasks", "worker.metrics_server"])
     # A refresh of one batch may take this long before it is interrupted.
     soft_limit = 3 * settings.refresh_interval_seconds + settings.compute_timeout_seconds

@@ -13,8 +13,7 @@ import redis
 from predictions import metrics
 from predictions.keys import InvalidPair, canonical_pair, refresh_slot_key
 from predictions.locks import acquire_many, release_many
-from predictions.prediction import Prediction
-from predictions.predictor import PredictionFailed, Predictor
+from predictions.predictor import Predictor
 from predictions.redis_client import make_redis
 from predictions.settings import Settings
 from predictions.store import PredictionStore
@@ -92,12 +91,8 @@ def refresh_pairs(
         tokens = acquire_many(client, group, lock_seconds)
         skipped += len(group) - len(tokens)
         try:
-            computed: list[Prediction] = []
-            for pair in tokens:
-                try:
-                    computed.append(resources.predictor.compute(pair))
-                except PredictionFailed:
-                    failed += 1  # already logged with the pair
+            computed, failures = resources.predictor.compute_many(list(tokens))
+            failed += len(failures)  # each already logged with its pair
             written += resources.store.write_many(computed, time.time())
         finally:
             release_many(client, tokens)

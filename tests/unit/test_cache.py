@@ -43,10 +43,10 @@ def _slow(model: CountingModel, seconds: float) -> threading.Event:
     started = threading.Event()
     original = model.predict
 
-    def slow_predict(*args: object) -> float:
+    def slow_predict(*args: object, **kwargs: object) -> float:
         started.set()
         time.sleep(seconds)
-        return original(*args)  # type: ignore[arg-type]
+        return original(*args, **kwargs)  # type: ignore[arg-type]
 
     model.predict = slow_predict  # type: ignore[method-assign]
     return started

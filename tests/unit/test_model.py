@@ -59,8 +59,10 @@ def test_trend_model_needs_two_prices() -> None:
 
 
 def test_load_model_instantiates_classes_and_accepts_instances() -> None:
-    assert isinstance(load_model("predictions.model:LogLinearTrendModel"), LogLinearTrendModel)
-    assert isinstance(load_model("tests.support:CountingModel"), Model)
+    loaded = load_model("predictions.model:LogLinearTrendModel")
+    assert isinstance(loaded.model, LogLinearTrendModel)
+    assert loaded.version == LogLinearTrendModel.version
+    assert isinstance(load_model("tests.support:CountingModel").model, Model)
 
 
 @pytest.mark.parametrize(
