@@ -19,6 +19,7 @@ from predictions.predictor import Predictor
 from predictions.redis_client import make_redis
 from predictions.settings import Settings
 from predictions.store import PredictionStore
+from predictions.versions import ModelCatalog
 
 
 def create_app(
@@ -34,6 +35,11 @@ def create_app(
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     # No redirects (an HTML body) for "//": every path either matches or is a JSON 404.
     app.url_map.merge_slashes = False
+    if predictor is None:
+        predictor = Predictor.from_settings(settings)
+        catalog = ModelCatalog(predictor.model, settings.model)
+    else:  # a test's own model: no import string can build it elsewhere
+        catalog = ModelCatalog(predictor.model, "")
     store = PredictionStore(
         redis_client or make_redis(settings, client_name="prediction-cache-api"),
         grace_seconds=settings.stale_grace_seconds,
@@ -44,7 +50,7 @@ def create_app(
         pairs=frozenset(settings.pairs),
         cache=PredictionCache(
             store,
-            predictor or Predictor.from_settings(settings),
+            predictor,
             Limits(
                 compute_timeout_seconds=settings.compute_timeout_seconds,
                 max_concurrent_computes=settings.max_concurrent_computes,
@@ -61,6 +67,7 @@ def create_app(
                 on_change=lambda opened: metrics.CIRCUIT_OPEN.set(int(opened)),
             ),
             clock=clock,
+            catalog=catalog,
         ),
     )
     app.register_blueprint(bp)

@@ -135,7 +135,7 @@ def pairs() -> Response:
     now = state.cache.clock()
     found = state.cache.store.read_many(state.settings.pairs)
     items = []
-    for pair, prediction in found.items():
+    for pair, prediction in found.predictions.items():
         item: dict[str, object] = {"pair": pair, "cached": prediction is not None}
         if prediction is not None:
             item |= {
@@ -156,7 +156,7 @@ def prometheus_metrics() -> Response:
     store = state.cache.store
 
     def read_freshness() -> tuple[dict[str, float | None], float | None]:
-        found = store.read_many(state.settings.pairs)
+        found = store.read_many(state.settings.pairs).predictions
         computed = {pair: p.computed_at if p else None for pair, p in found.items()}
         return computed, heartbeat.read_beat_tick(store.redis)
 

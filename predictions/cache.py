@@ -35,11 +35,13 @@ import redis
 
 from predictions import locks, metrics
 from predictions.circuit import CircuitBreaker
+from predictions.model import ModelLoadError
 from predictions.near_cache import NearCache
 from predictions.prediction import Prediction
 from predictions.predictor import PredictionFailed, Predictor
 from predictions.revalidation import BackgroundRefresher, refresh_early
 from predictions.store import PredictionStore
+from predictions.versions import ModelCatalog
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +117,12 @@ class PredictionCache:
         poll_interval_seconds: float = 0.02,
         clock: Callable[[], float] = time.time,
         draw: Callable[[], float] = random.random,
+        catalog: ModelCatalog | None = None,
     ) -> None:
         self.store = store
         self.predictor = predictor
+        # The model of each version this process may compute (a rollout changes it).
+        self.catalog = catalog or ModelCatalog(predictor.model, "")
         self.limits = limits or Limits()
         self.near = near_cache or NearCache(0)
         self.breaker = breaker or CircuitBreaker(threshold=3, open_seconds=1.0)
@@ -177,7 +182,7 @@ class PredictionCache:
             if not self.breaker.allow():
                 raise CacheUnavailable("Redis is failing; not tried")
             try:
-                stored = self.store.read_many(wanted)
+                read = self.store.read_many(wanted)
             except REDIS_DOWN as exc:
                 self._redis_failed(exc, ",".join(wanted)[:80])
                 raise
@@ -190,8 +195,9 @@ class PredictionCache:
                 except Unavailable:
                     found[pair] = None
             return found
+        self.near.observe(read.version, read.flip_pending)
         now = self.clock()
-        for pair, prediction in stored.items():
+        for pair, prediction in read.predictions.items():
             found[pair] = None if prediction is None else self._classify(prediction, now)
             if prediction is not None:
                 self.near.put(prediction)
@@ -206,20 +212,27 @@ class PredictionCache:
         return Lookup(prediction, Outcome.STALE)
 
     def _read_through(self, pair: str) -> Lookup:
-        prediction = self.store.read(pair)
+        read = self.store.read(pair)
+        self.near.observe(read.version, read.flip_pending)
+        prediction = read.predictions[pair]
         if prediction is not None:
             return self._classify(prediction, self.clock())
+        version = read.version
+        if version is None:
+            # A fresh cache has no active version yet: this process's model becomes it.
+            version = self.catalog.activate_default_if_none(self.store.redis)
+            self.near.observe(version, read.flip_pending)
         if self.refresher.resting(pair):
             # It failed moments ago: answer at once rather than run the model again.
             raise ComputeFailed(f"{pair}: the model failed moments ago; retry shortly")
         if not self._waiting.acquire(blocking=False):
             raise Overloaded(f"{pair}: too many requests are already waiting for predictions")
         try:
-            return self._compute_once(pair)
+            return self._compute_once(pair, version)
         finally:
             self._waiting.release()
 
-    def _compute_once(self, pair: str) -> Lookup:
+    def _compute_once(self, pair: str, version: str) -> Lookup:
         client = self.store.redis
         timeout = self.limits.compute_timeout_seconds
         started = time.monotonic()
@@ -227,21 +240,22 @@ class PredictionCache:
         waited = False
         while True:
             # The lock outlives a computation that hangs by at most the timeout.
-            token = locks.acquire(client, pair, timeout)
+            token = locks.acquire(client, pair, version, timeout)
             if token is not None:
                 try:
                     # Someone may have stored it between our read and our lock.
-                    stored = self.store.read(pair)
+                    stored = self.store.read_version(pair, version)
                     if stored is not None and stored.is_fresh(self.clock()):
                         return Lookup(stored, Outcome.MISS)
-                    return Lookup(self._compute_and_store(pair), Outcome.MISS, computed_here=True)
+                    computed = self._compute_and_store(pair, version)
+                    return Lookup(computed, Outcome.MISS, computed_here=True)
                 finally:
-                    _release(client, pair, token)
+                    _release(client, pair, version, token)
             if not waited:
                 waited = True
                 metrics.LOCK_WAITS.inc()
             time.sleep(self.poll_interval)
-            prediction = self.store.read(pair)
+            prediction = self.store.read_version(pair, version)
             if prediction is not None:
                 metrics.LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
                 return Lookup(prediction, Outcome.MISS)
@@ -249,12 +263,17 @@ class PredictionCache:
                 metrics.LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
                 raise ComputeTimeout(f"{pair}: no prediction within {timeout:g} s")
 
-    def _compute_and_store(self, pair: str) -> Prediction:
+    def _compute_and_store(self, pair: str, version: str) -> Prediction:
         if not self._computing.acquire(blocking=False):
             raise Overloaded(f"{pair}: this process is computing as many predictions as it may")
         try:
             try:
-                prediction = self.predictor.compute(pair)
+                model = self.catalog.model(self.store.redis, version)
+                prediction = self.predictor.compute(pair, model)
+            except ModelLoadError as exc:
+                log.error("cannot build model version=%s error=%s", version, exc)
+                self.refresher.failed(pair)
+                raise ComputeFailed(str(exc)) from exc
             except PredictionFailed as exc:
                 self.refresher.failed(pair)
                 raise ComputeFailed(str(exc)) from exc
@@ -287,17 +306,18 @@ class PredictionCache:
         result = "skipped"
         try:
             client = self.store.redis
+            version = seen.model_version
             # The miss path's lock: one computation across every process and host.
-            token = locks.acquire(client, pair, self.limits.compute_timeout_seconds)
+            token = locks.acquire(client, pair, version, self.limits.compute_timeout_seconds)
             if token is None:
                 return  # someone is computing it now
             try:
-                current = self.store.read(pair)
+                current = self.store.read_version(pair, version)
                 if current is not None and current.computed_at > seen.computed_at:
                     return  # refreshed since this request looked
-                prediction = self._compute_and_store(pair)
+                prediction = self._compute_and_store(pair, version)
             finally:
-                _release(client, pair, token)
+                _release(client, pair, version, token)
             # Even if Redis would not take it, this process serves it (fresh).
             self.near.put(prediction)
             result = "ok"
@@ -335,9 +355,9 @@ class PredictionCache:
         raise error
 
 
-def _release(client: redis.Redis, pair: str, token: bytes) -> None:
+def _release(client: redis.Redis, pair: str, version: str, token: bytes) -> None:
     try:
-        locks.release(client, pair, token)
+        locks.release(client, pair, version, token)
     except redis.RedisError:
         # Redis went away: the lock expires on its own, and the caller already has
         # its prediction.

@@ -33,14 +33,57 @@ def canonical_pair(text: str) -> str:
     return upper
 
 
-def prediction_key(pair: str) -> str:
-    """The string key holding a pair's latest prediction (JSON, with an expiry)."""
-    return f"{PREFIX}:prediction:{pair}"
+# A model version goes into keys: short, and nothing that could split a key apart.
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
-def compute_lock_key(pair: str) -> str:
-    """The lock taken by whoever computes a pair's prediction, so only one does."""
-    return f"{PREFIX}:lock:compute:{pair}"
+class InvalidVersion(ValueError):
+    """A model version that cannot be part of a key."""
+
+
+def check_version(version: str) -> str:
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
+        raise InvalidVersion(
+            f"model version {str(version)[:80]!r}: expected 1 to 64 letters, digits, "
+            "'.', '_', '+' or '-', starting with a letter or digit"
+        )
+    return version
+
+
+# The read script (predictions/store.py) builds prediction keys inside Redis, from the
+# active version it reads there, as PREDICTION_PREFIX .. version .. ":" .. pair: the
+# same spelling as prediction_key, which is the one place that defines it.
+PREDICTION_PREFIX = f"{PREFIX}:prediction:"
+
+
+def prediction_key(pair: str, version: str) -> str:
+    """The string key holding a pair's latest prediction by one model version."""
+    return f"{PREDICTION_PREFIX}{version}:{pair}"
+
+
+def compute_lock_key(pair: str, version: str) -> str:
+    """Taken by whoever computes the pair with that model version, so only one does."""
+    return f"{PREFIX}:lock:compute:{version}:{pair}"
+
+
+def active_version_key() -> str:
+    """The model version the API serves: a rollout flips it, atomically."""
+    return f"{PREFIX}:model:active"
+
+
+def previous_version_key() -> str:
+    """The version served before the last flip: what a rollback goes back to."""
+    return f"{PREFIX}:model:previous"
+
+
+def flip_pending_key() -> str:
+    """Set while a rollout is about to flip the active version (with an expiry)."""
+    return f"{PREFIX}:model:flip-pending"
+
+
+def model_import_key(version: str) -> str:
+    """The import string (MODEL) that builds a model version, for every process."""
+    return f"{PREFIX}:model:import:{version}"
 
 
 def refresh_slot_key(slot: int) -> str:

@@ -6,8 +6,9 @@ not relative, on purpose: a SET that a frozen Redis receives late (the client al
 gave up on it, or retried it) must not start a fresh lifetime when Redis wakes up, or a
 lock nobody holds would block the pair for a whole timeout.
 
-The API takes one pair's lock on a miss; a refresh takes a whole group's in one round
-trip and releases them in another.
+Locks are per model version: a rollout computing the new version never waits for a
+refresh of the old one. The API takes one pair's lock on a miss; a refresh takes a
+whole group's in one round trip and releases them in another.
 """
 
 from __future__ import annotations
@@ -29,33 +30,35 @@ return 0
 """
 
 
-def acquire(client: redis.Redis, pair: str, ttl_seconds: float) -> bytes | None:
-    """Take the pair's compute lock if it is free; the token, or None."""
-    return acquire_many(client, [pair], ttl_seconds).get(pair)
+def acquire(client: redis.Redis, pair: str, version: str, ttl_seconds: float) -> bytes | None:
+    """Take the pair's compute lock for a model version if it is free; token or None."""
+    return acquire_many(client, [pair], version, ttl_seconds).get(pair)
 
 
-def acquire_many(client: redis.Redis, pairs: Iterable[str], ttl_seconds: float) -> dict[str, bytes]:
+def acquire_many(
+    client: redis.Redis, pairs: Iterable[str], version: str, ttl_seconds: float
+) -> dict[str, bytes]:
     """Take the compute lock of every pair that is free; return {pair: token}."""
     pairs = list(pairs)
     tokens = {pair: uuid.uuid4().hex.encode() for pair in pairs}
     expires_ms = int((time.time() + ttl_seconds) * 1000)
     pipe = client.pipeline(transaction=False)
     for pair in pairs:
-        pipe.set(compute_lock_key(pair), tokens[pair], nx=True, pxat=expires_ms)
+        pipe.set(compute_lock_key(pair, version), tokens[pair], nx=True, pxat=expires_ms)
     taken = pipe.execute()
     return {pair: tokens[pair] for pair, ok in zip(pairs, taken, strict=True) if ok}
 
 
-def release(client: redis.Redis, pair: str, token: bytes) -> None:
-    release_many(client, {pair: token})
+def release(client: redis.Redis, pair: str, version: str, token: bytes) -> None:
+    release_many(client, {pair: token}, version)
 
 
-def release_many(client: redis.Redis, tokens: Mapping[str, bytes]) -> None:
+def release_many(client: redis.Redis, tokens: Mapping[str, bytes], version: str) -> None:
     """Release the locks acquire_many took, those not yet expired and retaken."""
     if not tokens:
         return
     script = client.register_script(_RELEASE)
     pipe = client.pipeline(transaction=False)
     for pair, token in tokens.items():
-        script(keys=[compute_lock_key(pair)], args=[token], client=pipe)
+        script(keys=[compute_lock_key(pair, version)], args=[token], client=pipe)
     pipe.execute()

@@ -9,6 +9,11 @@ newest one in Redis.
 The copy is also the last-known-good prediction: when Redis or the model fails, the
 caller may serve it, marked stale, within its grace period. Only configured pairs ever
 reach it, so it is bounded.
+
+Rollouts: a copy is served only if it was made by the active model version as the
+process last saw it in Redis, and never while a flip is pending. A rollout marks the
+flip pending, waits longer than max_age, then flips: by then no process holds a copy
+it may serve, so every answer after the flip comes from Redis, by the new version.
 """
 
 from __future__ import annotations
@@ -32,14 +37,27 @@ class NearCache:
         # pair -> (prediction, monotonic deadline); dict operations are atomic under the
         # GIL, so gunicorn's threads share it without a lock.
         self._entries: dict[str, tuple[Prediction, float]] = {}
+        # What the last read from Redis said: the active version, a pending flip.
+        self.active_version: str | None = None
+        self.flip_pending = False
+
+    def observe(self, version: str | None, flip_pending: bool) -> None:
+        """Record what a read from Redis said about the active model version."""
+        self.active_version = version
+        self.flip_pending = flip_pending
 
     def get(self, pair: str) -> Prediction | None:
-        """The pair's prediction if it was read less than max_age ago and is unexpired."""
+        """The pair's prediction if it was read less than max_age ago, is fresh, and is
+        by the active version with no flip pending."""
         entry = self._entries.get(pair)
-        if entry is None:
+        if entry is None or self.flip_pending:
             return None
         prediction, deadline = entry
-        if self.monotonic() < deadline and self.clock() < prediction.fresh_until:
+        if (
+            self.monotonic() < deadline
+            and self.clock() < prediction.fresh_until
+            and prediction.model_version == self.active_version
+        ):
             return prediction
         return None
 
@@ -50,7 +68,11 @@ class NearCache:
 
     def put(self, prediction: Prediction) -> None:
         current = self._entries.get(prediction.pair)
-        if current is not None and current[0].computed_at > prediction.computed_at:
+        if (
+            current is not None
+            and current[0].model_version == prediction.model_version
+            and current[0].computed_at > prediction.computed_at
+        ):
             # Never replace a newer copy with an older one (a slow reader racing a
             # refresh); but do restart the clock: Redis was just read.
             prediction = current[0]

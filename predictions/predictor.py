@@ -53,22 +53,26 @@ class Predictor:
             simulated_latency_seconds=settings.simulated_model_latency_seconds,
         )
 
-    def compute(self, pair: str) -> Prediction:
-        """Run the model for ``pair``; raise PredictionFailed rather than return junk."""
+    def compute(self, pair: str, model: LoadedModel | None = None) -> Prediction:
+        """Run the model (this predictor's, or ``model``) for ``pair``; raise
+        PredictionFailed rather than return junk."""
+        model = model or self.model
         started = time.perf_counter()
         if self.simulated_latency_seconds:
             self.sleep(self.simulated_latency_seconds)
         try:
             prices = self.market_data.recent_prices(pair, self.clock())
-            price = self.model.predict(pair, prices, self.horizon_seconds)
-            prediction = self._stamp(pair, price, time.perf_counter() - started)
+            price = model.predict(pair, prices, self.horizon_seconds)
+            prediction = self._stamp(pair, price, time.perf_counter() - started, model)
         # A user's model may raise anything; it must fail this pair only, loudly.
         except Exception as exc:
             raise self._failed(pair, exc) from exc
         self._computed(prediction)
         return prediction
 
-    def compute_many(self, pairs: Sequence[str]) -> tuple[list[Prediction], dict[str, str]]:
+    def compute_many(
+        self, pairs: Sequence[str], model: LoadedModel | None = None
+    ) -> tuple[list[Prediction], dict[str, str]]:
         """Every pair's prediction, or why it failed: (predictions, {pair: reason}).
 
         Market data that can fetch many pairs at once (``prefetch``) does so first, once
@@ -80,17 +84,20 @@ class Predictor:
                 prefetch(pairs, self.clock())
             except Exception as exc:  # each pair's read below says what it lacks
                 log.warning("market data prefetch failed error=%r", exc)
-        if not self.model.batches:
+        model = model or self.model
+        if not model.batches:
             predictions, failures = [], {}
             for pair in pairs:
                 try:
-                    predictions.append(self.compute(pair))
+                    predictions.append(self.compute(pair, model))
                 except PredictionFailed as exc:
                     failures[pair] = str(exc)
             return predictions, failures
-        return self._compute_batch(pairs)
+        return self._compute_batch(pairs, model)
 
-    def _compute_batch(self, pairs: Sequence[str]) -> tuple[list[Prediction], dict[str, str]]:
+    def _compute_batch(
+        self, pairs: Sequence[str], model: LoadedModel
+    ) -> tuple[list[Prediction], dict[str, str]]:
         started = time.perf_counter()
         if self.simulated_latency_seconds:
             self.sleep(self.simulated_latency_seconds * len(pairs))
@@ -103,7 +110,7 @@ class Predictor:
             except Exception as exc:
                 failures[pair] = str(self._failed(pair, exc))
         try:
-            prices = self.model.predict_many(windows, self.horizon_seconds) if windows else {}
+            prices = model.predict_many(windows, self.horizon_seconds) if windows else {}
         except Exception as exc:
             for pair in windows:
                 failures[pair] = str(self._failed(pair, exc))
@@ -115,7 +122,7 @@ class Predictor:
             try:
                 if pair not in prices:
                     raise KeyError(f"predict_many returned no price for {pair}")
-                prediction = self._stamp(pair, prices[pair], per_pair)
+                prediction = self._stamp(pair, prices[pair], per_pair, model)
             except Exception as exc:
                 failures[pair] = str(self._failed(pair, exc))
                 continue
@@ -123,7 +130,7 @@ class Predictor:
             predictions.append(prediction)
         return predictions, failures
 
-    def _stamp(self, pair: str, price: object, seconds: float) -> Prediction:
+    def _stamp(self, pair: str, price: object, seconds: float, model: LoadedModel) -> Prediction:
         """The prediction record for a price; InvalidPrediction if it is not a price."""
         computed_at = round(self.clock(), 3)
         return Prediction(
@@ -132,7 +139,7 @@ class Predictor:
             horizon_seconds=self.horizon_seconds,
             computed_at=computed_at,
             fresh_until=round(computed_at + self.ttl_seconds, 3),
-            model_version=self.model.version,
+            model_version=model.version,
             data_source=self.market_data.name,
             compute_seconds=round(seconds, 6),
         )

@@ -13,10 +13,12 @@ import redis
 from predictions import metrics
 from predictions.keys import InvalidPair, canonical_pair, refresh_slot_key
 from predictions.locks import acquire_many, release_many
+from predictions.model import ModelLoadError
 from predictions.predictor import Predictor
 from predictions.redis_client import make_redis
 from predictions.settings import Settings
 from predictions.store import PredictionStore
+from predictions.versions import ModelCatalog, read_active
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,15 @@ class RefreshResources:
     pairs: frozenset[str]
     predictor: Predictor
     store: PredictionStore
+    catalog: ModelCatalog
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RefreshResources:
+        predictor = Predictor.from_settings(settings)
         return cls(
             pairs=frozenset(settings.pairs),
-            predictor=Predictor.from_settings(settings),
+            predictor=predictor,
+            catalog=ModelCatalog(predictor.model, settings.model),
             store=PredictionStore(
                 make_redis(settings, client_name="prediction-cache-worker"),
                 grace_seconds=settings.stale_grace_seconds,
@@ -80,6 +85,14 @@ def refresh_pairs(
     started = time.perf_counter()
     wanted = _configured(pairs, resources.pairs)
     client = resources.store.redis
+    # The version the API serves: a rollout moves it, and refreshes follow.
+    version = read_active(client) or resources.catalog.activate_default_if_none(client)
+    try:
+        model = resources.catalog.model(client, version)
+    except ModelLoadError as exc:
+        log.error("refresh failed: cannot build model version=%s error=%s", version, exc)
+        metrics.REFRESHES.labels("failed").inc(len(wanted))
+        return 0
     group_size, lock_seconds = lock_plan(
         resources.predictor.simulated_latency_seconds,
         compute_timeout_seconds,
@@ -88,14 +101,14 @@ def refresh_pairs(
     written = failed = skipped = 0
     for first in range(0, len(wanted), group_size):
         group = wanted[first : first + group_size]
-        tokens = acquire_many(client, group, lock_seconds)
+        tokens = acquire_many(client, group, version, lock_seconds)
         skipped += len(group) - len(tokens)
         try:
-            computed, failures = resources.predictor.compute_many(list(tokens))
+            computed, failures = resources.predictor.compute_many(list(tokens), model)
             failed += len(failures)  # each already logged with its pair
             written += resources.store.write_many(computed, time.time())
         finally:
-            release_many(client, tokens)
+            release_many(client, tokens, version)
     seconds = time.perf_counter() - started
     metrics.REFRESHES.labels("written").inc(written)
     metrics.REFRESHES.labels("failed").inc(failed)

@@ -12,7 +12,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from api import create_app
-from predictions.keys import prediction_key
+from predictions.keys import active_version_key, prediction_key
 from predictions.predictor import Predictor
 from predictions.redis_client import make_redis
 from predictions.settings import Settings
@@ -110,11 +110,12 @@ def test_other_methods_are_405_json(
 def test_corrupt_entry_is_recomputed_and_overwritten(
     client: FlaskClient, redis_client: fakeredis.FakeRedis, model: CountingModel
 ) -> None:
-    redis_client.hset(prediction_key("ETH-EUR"), "price", "oops")
+    redis_client.set(active_version_key(), model.version)
+    redis_client.hset(prediction_key("ETH-EUR", model.version), "price", "oops")
     response = client.get("/predict/ETH-EUR")
     assert response.status_code == 200
     assert response.headers["X-Cache"] == "MISS"
-    assert redis_client.type(prediction_key("ETH-EUR")) == b"string"
+    assert redis_client.type(prediction_key("ETH-EUR", model.version)) == b"string"
     assert client.get("/predict/ETH-EUR").headers["X-Cache"] == "HIT"
     assert model.calls == ["ETH-EUR"]
 
@@ -131,7 +132,7 @@ def test_a_failing_model_is_a_503_and_nothing_is_cached(
     assert response.status_code == 503
     assert _error(response)["code"] == "prediction_failed"
     assert response.headers["Retry-After"] == "1"
-    assert redis_client.dbsize() == 0
+    assert redis_client.keys(prediction_key("*", "*")) == []  # no prediction
 
 
 def test_pairs_lists_every_configured_pair_with_its_age(
@@ -219,6 +220,8 @@ def test_a_batch_read_is_one_redis_command_whatever_its_size(
     pairs = [f"C{i:03d}-EUR" for i in range(count)]
     wide = dataclasses.replace(settings, pairs=tuple(pairs), near_cache_seconds=0)
     app = create_app(wide, CountingRedis(), predictor)
+    # The first read loads the read script into Redis (NOSCRIPT, SCRIPT LOAD): once.
+    app.test_client().get("/predict", query_string={"pairs": pairs[0]})
     CountingRedis.commands = 0
     response = app.test_client().get("/predict", query_string={"pairs": ",".join(pairs)})
     assert response.status_code == 200

@@ -18,7 +18,7 @@ from predictions.cache import (
     PredictionCache,
 )
 from predictions.circuit import CircuitBreaker
-from predictions.keys import compute_lock_key
+from predictions.keys import compute_lock_key, prediction_key
 from predictions.market_data import SyntheticMarketData
 from predictions.near_cache import NearCache
 from predictions.predictor import Predictor
@@ -91,7 +91,7 @@ def test_a_waiter_gives_up_at_the_deadline(
     store: PredictionStore, predictor: Predictor, redis_client: fakeredis.FakeRedis
 ) -> None:
     # Someone else holds the lock and never delivers.
-    redis_client.set(compute_lock_key("ETH-EUR"), "other-token", px=60_000)
+    redis_client.set(compute_lock_key("ETH-EUR", "counting-1"), "other-token", px=60_000)
     with pytest.raises(ComputeTimeout):
         _cache(store, predictor, compute_timeout_seconds=0.1).get("ETH-EUR")
 
@@ -102,7 +102,7 @@ def test_a_dead_owner_lock_expires_and_a_waiter_computes(
     redis_client: fakeredis.FakeRedis,
     model: CountingModel,
 ) -> None:
-    redis_client.set(compute_lock_key("ETH-EUR"), "crashed-owner", px=100)
+    redis_client.set(compute_lock_key("ETH-EUR", "counting-1"), "crashed-owner", px=100)
     lookup = _cache(store, predictor, compute_timeout_seconds=2).get("ETH-EUR")
     assert lookup.outcome is Outcome.MISS
     assert model.calls == ["ETH-EUR"]
@@ -116,7 +116,7 @@ def test_a_failed_computation_releases_the_lock_and_writes_nothing(
     )
     with pytest.raises(ComputeFailed):
         _cache(store, predictor).get("ETH-EUR")
-    assert redis_client.keys("*") == []
+    assert redis_client.keys(prediction_key("*", "*")) == []
 
 
 def test_computations_beyond_the_bound_are_refused_at_once(
@@ -234,7 +234,7 @@ def test_a_failing_model_falls_back_to_stale_within_grace(
     good = Predictor(CountingModel(), SyntheticMarketData(), 300, 30).compute("ETH-EUR")
     cache.near.put(good)  # seen earlier, now expired from Redis
     assert cache.get("ETH-EUR").outcome is Outcome.STALE
-    assert redis_client.keys("*") == []
+    assert redis_client.keys(prediction_key("*", "*")) == []
 
 
 def test_the_breaker_stops_trying_a_failing_redis(predictor: Predictor) -> None:

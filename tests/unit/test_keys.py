@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from predictions.keys import InvalidPair, canonical_pair, compute_lock_key, prediction_key
+from predictions.keys import (
+    InvalidPair,
+    InvalidVersion,
+    canonical_pair,
+    check_version,
+    compute_lock_key,
+    prediction_key,
+)
 
 
 @pytest.mark.parametrize(
@@ -43,6 +50,14 @@ def test_anything_is_either_rejected_or_a_canonical_pair(text: str) -> None:
 
 
 def test_keys_are_namespaced_per_pair() -> None:
-    assert prediction_key("ETH-EUR") == "pc:prediction:ETH-EUR"
-    assert compute_lock_key("ETH-EUR") == "pc:lock:compute:ETH-EUR"
-    assert prediction_key("ETH-EUR") != prediction_key("BTC-EUR")
+    assert prediction_key("ETH-EUR", "m-1") == "pc:prediction:m-1:ETH-EUR"
+    assert compute_lock_key("ETH-EUR", "m-1") == "pc:lock:compute:m-1:ETH-EUR"
+    assert prediction_key("ETH-EUR", "m-1") != prediction_key("BTC-EUR", "m-1")
+    assert prediction_key("ETH-EUR", "m-1") != prediction_key("ETH-EUR", "m-2")
+
+
+@pytest.mark.parametrize("version", ["", "a:b", "a b", "-x", "x" * 65, "é", "a*"])
+def test_versions_that_could_break_a_key_are_refused(version: str) -> None:
+    with pytest.raises(InvalidVersion):
+        check_version(version)
+    assert check_version("log-linear-trend-1") == "log-linear-trend-1"

@@ -6,12 +6,18 @@ import fakeredis
 import pytest
 
 from beat_schedule import REFRESH_ALL_TASK, build_schedule
-from predictions.keys import compute_lock_key, prediction_key, refresh_slot_key
+from predictions.keys import (
+    active_version_key,
+    compute_lock_key,
+    prediction_key,
+    refresh_slot_key,
+)
 from predictions.market_data import SyntheticMarketData
 from predictions.model import ModelLoadError
 from predictions.predictor import Predictor
 from predictions.settings import Settings
 from predictions.store import PredictionStore
+from predictions.versions import ModelCatalog
 from tests.support import CountingModel
 from worker.celery_app import create_celery
 from worker.refresh import (
@@ -25,7 +31,12 @@ from worker.refresh import (
 
 @pytest.fixture
 def resources(store: PredictionStore, predictor: Predictor, settings: Settings) -> RefreshResources:
-    return RefreshResources(pairs=frozenset(settings.pairs), predictor=predictor, store=store)
+    return RefreshResources(
+        pairs=frozenset(settings.pairs),
+        predictor=predictor,
+        store=store,
+        catalog=ModelCatalog(predictor.model, ""),
+    )
 
 
 def test_refresh_writes_every_pair_with_its_expiry(
@@ -34,7 +45,7 @@ def test_refresh_writes_every_pair_with_its_expiry(
     assert refresh_pairs(["ETH-EUR", "btc-eur"], resources) == 2
     assert model.calls == ["ETH-EUR", "BTC-EUR"]
     for pair in ("ETH-EUR", "BTC-EUR"):
-        assert 0 < redis_client.pttl(prediction_key(pair)) <= 30_000
+        assert 0 < redis_client.pttl(prediction_key(pair, model.version)) <= 30_000
 
 
 def test_refresh_ignores_pairs_that_are_not_configured(
@@ -42,7 +53,11 @@ def test_refresh_ignores_pairs_that_are_not_configured(
 ) -> None:
     assert refresh_pairs(["SOL-EUR", "not a pair", "ETH-EUR"], resources) == 1
     assert model.calls == ["ETH-EUR"]
-    assert redis_client.keys("*") == [prediction_key("ETH-EUR").encode()]
+    assert redis_client.keys(prediction_key("*", "*")) == [
+        prediction_key("ETH-EUR", model.version).encode()
+    ]
+    # The worker's model became the active version of this fresh cache.
+    assert redis_client.get(active_version_key()) == model.version.encode()
 
 
 def test_a_failing_pair_keeps_its_previous_prediction_and_others_refresh(
@@ -55,12 +70,18 @@ def test_a_failing_pair_keeps_its_previous_prediction_and_others_refresh(
             return super().predict(pair, prices, horizon_seconds)
 
     predictor = Predictor(FailsOnEth(), SyntheticMarketData(), 300, settings.prediction_ttl_seconds)
-    resources = RefreshResources(frozenset(settings.pairs), predictor, store)
+    resources = RefreshResources(
+        frozenset(settings.pairs), predictor, store, ModelCatalog(predictor.model, "")
+    )
     assert refresh_pairs(["ETH-EUR"], resources) == 1
-    before = store.read("ETH-EUR")
+    before = store.read("ETH-EUR").predictions["ETH-EUR"]
+    assert before is not None
     assert refresh_pairs(["ETH-EUR", "BTC-EUR"], resources) == 1
-    assert store.read("ETH-EUR") == before
-    assert store.read("BTC-EUR") is not None
+    assert store.read_many(["ETH-EUR", "BTC-EUR"]).predictions == {
+        "ETH-EUR": before,
+        "BTC-EUR": store.read_version("BTC-EUR", before.model_version),
+    }
+    assert store.read_version("BTC-EUR", before.model_version) is not None
 
 
 @pytest.mark.parametrize(
@@ -117,12 +138,12 @@ def test_warm_start_scheduler_is_due_at_once() -> None:
 def test_a_refresh_skips_a_pair_someone_is_computing(
     resources: RefreshResources, redis_client: fakeredis.FakeRedis, model: CountingModel
 ) -> None:
-    redis_client.set(compute_lock_key("ETH-EUR"), b"api-request-token", px=10_000)
+    redis_client.set(compute_lock_key("ETH-EUR", "counting-1"), b"api-request-token", px=10_000)
     assert refresh_pairs(["ETH-EUR", "BTC-EUR"], resources) == 1
     assert model.calls == ["BTC-EUR"]
     # The other holder's lock is untouched; the refresh's own locks are released.
-    assert redis_client.get(compute_lock_key("ETH-EUR")) == b"api-request-token"
-    assert not redis_client.exists(compute_lock_key("BTC-EUR"))
+    assert redis_client.get(compute_lock_key("ETH-EUR", "counting-1")) == b"api-request-token"
+    assert not redis_client.exists(compute_lock_key("BTC-EUR", "counting-1"))
 
 
 def test_locks_are_taken_in_groups_that_fit_the_lock_lifetime(
@@ -133,12 +154,14 @@ def test_locks_are_taken_in_groups_that_fit_the_lock_lifetime(
     held: list[int] = []
     original = predictor.compute
 
-    def compute(pair: str):  # type: ignore[no-untyped-def]
+    def compute(pair: str, model=None):  # type: ignore[no-untyped-def]
         held.append(len(redis_client.keys("pc:lock:*")))
-        return original(pair)
+        return original(pair, model)
 
     predictor.compute = compute  # type: ignore[method-assign]
-    resources = RefreshResources(frozenset(settings.pairs), predictor, store)
+    resources = RefreshResources(
+        frozenset(settings.pairs), predictor, store, ModelCatalog(predictor.model, "")
+    )
     assert refresh_pairs(list(settings.pairs), resources, compute_timeout_seconds=4) == 4
     # 1 s a pair and a 4 s lock: groups of one, so no lock outlives half its life.
     assert held == [1, 1, 1, 1]
