@@ -32,6 +32,9 @@ RUN mkdir predictions api worker \
 COPY predictions/ predictions/
 COPY api/ api/
 COPY worker/ worker/
+# The worked examples, so that MODEL=examples.template_model:TemplateModel works in the
+# image (the scikit-learn one also needs the `examples` extra and a trained artifact).
+COPY examples/ examples/
 COPY beat_schedule.py gunicorn.conf.py ./
 
 # gunicorn.conf.py reads API_BIND; inside a container it must listen beyond loopback.

@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run test test-unit test-integration test-faults requests bench bench-quick wrk nginx lint format typecheck clean
+.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback bench bench-quick wrk nginx lint format typecheck clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -54,6 +54,16 @@ requests: dev ## Time requests against the running API (URL= PAIR= N= INTERVAL= 
 		$(if $(HISTOGRAM),--histogram) $(if $(PLOT),--plot $(PLOT)) \
 		$(if $(SAVE),--save $(SAVE)) $(if $(COMPARE),--compare $(COMPARE)) \
 		|| [ $$? -eq 130 ]  # 130: stopped by Ctrl-C after printing its summary
+
+# `make run` writes its embedded Redis's URL here; REDIS_URL, if set, wins.
+RUN_REDIS_URL = $(or $(REDIS_URL),$(shell cat .run/redis-url 2>/dev/null))
+
+rollout: dev ## Precompute every pair with a model, then make the API serve it (MODEL=package.module:obj)
+	@test -n "$(MODEL)" || { echo "usage: make rollout MODEL=package.module:Model" >&2; exit 2; }
+	REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/python -m predictions.rollout "$(MODEL)"
+
+rollback: dev ## Go back to the model version served before the last rollout
+	REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/python -m predictions.rollout --rollback
 
 wrk: ## Install wrk, the benchmark's load generator (Debian package; apt-get as root)
 	@command -v wrk >/dev/null && exit 0; \

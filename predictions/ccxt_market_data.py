@@ -1,13 +1,14 @@
 """Live market data: recent 1-minute candles from an exchange, through ccxt.
 
 ``MARKET_DATA=ccxt:kraken`` makes every prediction read the closes of the pair's last
-``window_minutes`` one-minute candles (the last one is the minute in progress). Each
-process has one ccxt exchange, created on first use, whose markets it loads once (and
-again after an hour, or sooner when a pair turns out to be unknown). A refresh batch
-fetches each of its pairs once (``prefetch``); the model's reads then come from that
-fetch. Every failure is a MarketDataError that names the exchange, the pair and the
-cause, and fails that pair only: its previous prediction stays, and the next refresh
-tries again. Nothing here retries.
+``window_minutes`` one-minute candles (on Kraken the last one is the minute in
+progress). Each process has one ccxt exchange, created on first use, whose markets it
+loads once (and again after an hour, or sooner when a pair turns out to be unknown). A
+refresh batch fetches each of its pairs once (``prefetch``); the model's reads then
+come from that fetch. Every failure is a MarketDataError that names the exchange, the
+pair and the cause, and fails that pair: its previous prediction stays, and the next
+refresh tries again. Nothing here retries, and a rate limit (or an exchange that stops
+answering) fails the rest of the batch at once rather than press on.
 
 The test seam is ccxt's own: ``exchange_config={"session": session}`` hands ccxt a
 ``requests.Session`` (tests mount an adapter on it that serves recorded responses).
@@ -37,9 +38,10 @@ except ImportError as exc:  # the `live` extra is optional
 
 log = logging.getLogger(__name__)
 
-# How long a fetched window may be read again. Long enough to cover a refresh batch's
-# reads after its prefetch (and an API miss right after a computation); shorter than
-# any sane REFRESH_INTERVAL_SECONDS (20 by default), so each refresh reads new candles.
+# How long a fetch may be read again: long enough for a refresh batch's reads after its
+# prefetch (and for an API process's second miss of a pair right after its first),
+# short enough that no read is more than seconds behind the exchange. Each prefetch
+# (each refresh) fetches anew, whatever the cache holds.
 DEFAULT_MAX_AGE_SECONDS = 10.0
 # Markets change rarely (new listings): reload them hourly, or after five minutes when
 # a pair is missing from them or the exchange says a symbol is unknown.
@@ -98,7 +100,7 @@ class CcxtMarketData:
         self._pid = 0
         self._markets_loaded_at: float | None = None
         self._markets_due_at = 0.0
-        # pair -> (when fetched, times, closes, or the error its fetch ended with)
+        # pair -> (when fetched (clock), (times, closes) or the error the fetch ended with)
         self._cache: dict[str, tuple[float, _Candles | MarketDataError]] = {}
 
     @property
@@ -298,5 +300,6 @@ def _describe(exc: BaseException, timeout_seconds: float) -> str:
 
 
 def _cause(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    # One line, whatever the exchange sent (a JSON body, an HTML page).
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
     return text if len(text) <= MAX_CAUSE_CHARS else text[: MAX_CAUSE_CHARS - 3] + "..."

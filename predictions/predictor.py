@@ -24,7 +24,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: Model | LoadedModel,
+        model: Model | LoadedModel | None,
         market_data: MarketData,
         horizon_seconds: int,
         ttl_seconds: float,
@@ -32,7 +32,8 @@ class Predictor:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.model = model if isinstance(model, LoadedModel) else LoadedModel(model)
+        # None: every computation names its model (the worker's catalog builds them).
+        self.model = model if isinstance(model, LoadedModel | None) else LoadedModel(model)
         self.market_data = market_data
         self.horizon_seconds = horizon_seconds
         self.ttl_seconds = ttl_seconds
@@ -41,10 +42,11 @@ class Predictor:
         self.sleep = sleep
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Predictor:
-        """Load the configured model and market data (once per process)."""
+    def from_settings(cls, settings: Settings, model: object = ...) -> Predictor:
+        """Load the configured model (unless a model, or None, is given) and market data
+        (once per process)."""
         return cls(
-            model=load_model(settings.model),
+            model=load_model(settings.model) if model is ... else model,  # type: ignore[arg-type]
             market_data=build_market_data(
                 settings.market_data, settings.market_data_timeout_seconds
             ),
@@ -57,6 +59,8 @@ class Predictor:
         """Run the model (this predictor's, or ``model``) for ``pair``; raise
         PredictionFailed rather than return junk."""
         model = model or self.model
+        if model is None:
+            raise PredictionFailed(f"{pair}: no model given")
         started = time.perf_counter()
         if self.simulated_latency_seconds:
             self.sleep(self.simulated_latency_seconds)
@@ -85,6 +89,8 @@ class Predictor:
             except Exception as exc:  # each pair's read below says what it lacks
                 log.warning("market data prefetch failed error=%r", exc)
         model = model or self.model
+        if model is None:
+            return [], dict.fromkeys(pairs, "no model given")
         if not model.batches:
             predictions, failures = [], {}
             for pair in pairs:

@@ -47,23 +47,34 @@ def read_active(client: redis.Redis) -> str | None:
 class ModelCatalog:
     """Per process: the model of each version, each built once, on first need.
 
-    The process's own MODEL is known from the start; any other version is built from
-    the import string its rollout recorded. A version whose import string now builds
-    a different version (its artifact was replaced) is refused, never served under
-    the wrong name.
+    The process's own MODEL is the default; any other version is built from the
+    import string its rollout recorded. A version whose import string now builds a
+    different version (its artifact was replaced) is refused, never served under the
+    wrong name.
+
+    Two ways to get a model: ``model`` builds it in the caller's thread (the API: a
+    request waits for it); ``model_if_ready`` builds it in a background thread and
+    waits at most a given time (the worker: a slow load, a large artifact, never runs
+    into Celery's task time limits; the batch is skipped until the model is there).
     """
 
-    def __init__(self, default: LoadedModel, default_import: str) -> None:
+    def __init__(self, default: LoadedModel | None, default_import: str) -> None:
         self.default = default
         self.default_import = default_import
-        self._models: dict[str, LoadedModel] = {default.version: default}
+        self._models: dict[str, LoadedModel] = {}
+        if default is not None:
+            self._models[default.version] = default
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Thread] = {}  # import string -> its build
+        self._built: dict[str, LoadedModel] = {}
+        self._failed: dict[str, ModelLoadError] = {}
 
     def activate_default_if_none(self, client: redis.Redis) -> str:
-        return activate_if_none(client, self.default, self.default_import)
+        default = self.default or self.model_from(self.default_import)
+        return activate_if_none(client, default, self.default_import)
 
     def model(self, client: redis.Redis, version: str) -> LoadedModel:
-        """The model of ``version``; ModelLoadError if it cannot be built."""
+        """The model of ``version``, built now if need be; ModelLoadError if it cannot be."""
         found = self._models.get(version)
         if found is not None:
             return found
@@ -71,16 +82,91 @@ class ModelCatalog:
             found = self._models.get(version)
             if found is not None:
                 return found
-            raw = client.get(model_import_key(version))
-            if raw is None:
-                raise ModelLoadError(f"model version {version!r}: no import string recorded")
-            import_string = raw.decode() if isinstance(raw, bytes) else str(raw)
-            model = load_model(import_string)
-            if model.version != version:
-                raise ModelLoadError(
-                    f"model version {version!r}: {import_string!r} now builds "
-                    f"{model.version!r}; roll out that version instead"
-                )
-            log.info("loaded model version=%s model=%s", version, import_string)
+            model = _build(self._import_string(client, version), version)
             self._models[version] = model
             return model
+
+    def model_from(self, import_string: str) -> LoadedModel:
+        """The default model, built now if need be."""
+        with self._lock:
+            if self.default is None:
+                self.default = load_model(import_string)
+                self._models[self.default.version] = self.default
+            return self.default
+
+    def default_if_ready(self, wait_seconds: float) -> LoadedModel | None:
+        """The default model, if built within ``wait_seconds`` (in the background)."""
+        if self.default is None:
+            model = self._build_in_background(self.default_import, None, wait_seconds)
+            if model is not None:
+                self.default = model
+        return self.default
+
+    def model_if_ready(
+        self, client: redis.Redis, version: str, wait_seconds: float
+    ) -> LoadedModel | None:
+        """The model of ``version`` if built within ``wait_seconds``, else None (its build
+        goes on); ModelLoadError if the build failed (the next call tries again)."""
+        found = self._models.get(version)
+        if found is not None:
+            return found
+        import_string = self._import_string(client, version)
+        return self._build_in_background(import_string, version, wait_seconds)
+
+    def _import_string(self, client: redis.Redis, version: str) -> str:
+        if self.default is not None and version == self.default.version:
+            return self.default_import
+        raw = client.get(model_import_key(version))
+        if raw is None:
+            raise ModelLoadError(f"model version {version!r}: no import string recorded")
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def _build_in_background(
+        self, import_string: str, version: str | None, wait_seconds: float
+    ) -> LoadedModel | None:
+        with self._lock:
+            if import_string in self._built:
+                return self._built[import_string]
+            error = self._failed.pop(import_string, None)
+            if error is not None:
+                raise error
+            thread = self._loading.get(import_string)
+            if thread is None:
+                thread = threading.Thread(
+                    target=self._build_and_keep,
+                    args=(import_string, version),
+                    name=f"load-model-{version or 'default'}",
+                    daemon=True,
+                )
+                self._loading[import_string] = thread
+                thread.start()
+        thread.join(wait_seconds)
+        with self._lock:
+            if import_string in self._failed:
+                raise self._failed.pop(import_string)
+            return self._built.get(import_string)
+
+    def _build_and_keep(self, import_string: str, version: str | None) -> None:
+        try:
+            model = _build(import_string, version)
+        except ModelLoadError as exc:
+            with self._lock:
+                self._failed[import_string] = exc
+                del self._loading[import_string]
+            return
+        with self._lock:
+            self._built[import_string] = model
+            self._models[model.version] = model
+            del self._loading[import_string]
+
+
+def _build(import_string: str, version: str | None) -> LoadedModel:
+    """Build a model, checking that it is ``version`` (when one is expected)."""
+    model = load_model(import_string)
+    if version is not None and model.version != version:
+        raise ModelLoadError(
+            f"model version {version!r}: {import_string!r} now builds "
+            f"{model.version!r}; roll out that version instead"
+        )
+    log.info("loaded model version=%s model=%s", model.version, import_string)
+    return model

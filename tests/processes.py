@@ -33,9 +33,14 @@ def free_port() -> int:
 
 
 def wait_for(
-    condition: Callable[[], object], timeout: float, interval: float = 0.05, what: str = ""
+    condition: Callable[[], object],
+    timeout: float,
+    interval: float = 0.05,
+    what: str = "",
+    fail: bool = True,
 ) -> object:
-    """Poll until condition() is truthy; fail with ``what`` after ``timeout`` seconds."""
+    """Poll until condition() is truthy; fail with ``what`` after ``timeout`` seconds
+    (or, with fail=False, return the last falsy result)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -45,6 +50,8 @@ def wait_for(
         if result:
             return result
         if time.monotonic() > deadline:
+            if not fail:
+                return result
             raise TimeoutError(f"not within {timeout:g} s: {what or condition}")
         time.sleep(interval)
 

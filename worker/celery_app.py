@@ -6,6 +6,7 @@ import os
 import sys
 
 from celery import Celery
+from celery.signals import worker_process_init
 
 from beat_schedule import build_schedule
 from predictions.logs import configure_logging
@@ -18,10 +19,15 @@ def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     # Models are importable from the working directory, as under gunicorn: Celery has
-    # it on sys.path only while it loads the app, and a rollout may name a model module
-    # beside the project long after that.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    # it on sys.path only while it loads the app (then removes it), and a rollout may
+    # name a model module beside the project long after that, in any pool process.
+    project_dir = os.getcwd()
+
+    def models_importable(**_: object) -> None:
+        if project_dir not in sys.path:
+            sys.path.append(project_dir)
+
+    worker_process_init.connect(models_importable, weak=False)
     # Import (not build) the model now: a bad MODEL stops the worker at start-up, and
     # a model that takes long to load (a large file) does so in each pool process on
     # its first task, never holding up the worker's start.

@@ -34,11 +34,11 @@ class RefreshResources:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RefreshResources:
-        predictor = Predictor.from_settings(settings)
+        # The model is built by the catalog, in the background (see refresh_pairs).
         return cls(
             pairs=frozenset(settings.pairs),
-            predictor=predictor,
-            catalog=ModelCatalog(predictor.model, settings.model),
+            predictor=Predictor.from_settings(settings, model=None),
+            catalog=ModelCatalog(None, settings.model),
             store=PredictionStore(
                 make_redis(settings, client_name="prediction-cache-worker"),
                 grace_seconds=settings.stale_grace_seconds,
@@ -85,13 +85,24 @@ def refresh_pairs(
     started = time.perf_counter()
     wanted = _configured(pairs, resources.pairs)
     client = resources.store.redis
-    # The version the API serves: a rollout moves it, and refreshes follow.
-    version = read_active(client) or resources.catalog.activate_default_if_none(client)
+    # The version the API serves: a rollout moves it, and refreshes follow. Models are
+    # built in the background, so a slow load never runs into the task's time limits:
+    # until it is there (at most a refresh interval is waited here), batches are skipped.
+    catalog = resources.catalog
     try:
-        model = resources.catalog.model(client, version)
+        version = read_active(client)
+        if version is None and catalog.default_if_ready(refresh_interval_seconds):
+            version = catalog.activate_default_if_none(client)
+        model = None
+        if version is not None:
+            model = catalog.model_if_ready(client, version, refresh_interval_seconds)
     except ModelLoadError as exc:
-        log.error("refresh failed: cannot build model version=%s error=%s", version, exc)
+        log.error("refresh failed: cannot build model error=%s", exc)
         metrics.REFRESHES.labels("failed").inc(len(wanted))
+        return 0
+    if model is None or version is None:
+        log.warning("refresh skipped: the model is still loading pairs=%d", len(wanted))
+        metrics.REFRESHES.labels("skipped").inc(len(wanted))
         return 0
     group_size, lock_seconds = lock_plan(
         resources.predictor.simulated_latency_seconds,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from functools import cached_property
 
 import redis
 from celery import Task, shared_task
 
+from predictions.settings import Settings
 from worker.refresh import RefreshResources, batches, claim_refresh_slot, refresh_pairs
 
 log = logging.getLogger(__name__)
@@ -16,12 +17,17 @@ log = logging.getLogger(__name__)
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
-class RefreshTask(Task):  # type: ignore[misc]
-    """Holds the model and Redis client, built once per worker process on first use."""
+@functools.cache
+def process_resources(settings: Settings) -> RefreshResources:
+    """The model and Redis client, built once per worker process (on its first task,
+    after the fork), and shared by every task that process runs."""
+    return RefreshResources.from_settings(settings)
 
-    @cached_property
+
+class RefreshTask(Task):  # type: ignore[misc]
+    @property
     def resources(self) -> RefreshResources:
-        return RefreshResources.from_settings(self.app.settings)
+        return process_resources(self.app.settings)
 
 
 @shared_task(name="predictions.refresh_all", base=RefreshTask, bind=True)

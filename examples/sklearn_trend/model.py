@@ -5,10 +5,10 @@ Two import strings build it:
 - ``examples.sklearn_trend.model:SklearnTrendModel`` loads $SKLEARN_TREND_MODEL_PATH,
   else model.joblib beside this module: whatever train.py wrote there last.
 - ``examples.sklearn_trend.model:sklearn-trend-<hash>`` loads that version and no
-  other: ``<hash>.joblib``-named copies that train.py writes beside model.joblib. A
-  rollout records a version's import string and any process may build the version
-  from it later, so this is the string to roll out: retraining replaces model.joblib,
-  never a versioned copy.
+  other, from the copy ``sklearn-trend-<hash>.joblib`` that train.py writes beside
+  model.joblib. A rollout records a version's import string, and any process may build
+  the version from it later, so this is the string to roll out: retraining replaces
+  model.joblib but never changes a versioned copy.
 
 The version is the artifact's own, a hash of what decides its answers, so a retrained
 artifact is a new version, and the same training gives the same version again.
