@@ -55,13 +55,14 @@ def configured_pair(text: str, configured: frozenset[str]) -> str:
 @bp.get("/predict/<pair>")
 def predict(pair: str) -> Response:
     started = time.perf_counter()
+    environ = request.environ
+    environ[observe.PREDICT] = True
     state = _state()
     lookup = state.cache.get(configured_pair(pair, state.pairs))
     prediction = lookup.prediction
     now = state.cache.clock()
     headers = caching_headers(prediction, now, state.settings.stale_grace_seconds)
     headers["X-Cache"] = lookup.outcome.value
-    environ = request.environ
     environ[observe.PAIR] = prediction.pair
     environ[observe.OUTCOME] = lookup.metric_outcome
     environ[observe.AGE] = round(now - prediction.computed_at, 3)

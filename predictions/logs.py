@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 from pythonjsonlogger.json import JsonFormatter
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
@@ -22,10 +23,16 @@ def formatter(log_format: str) -> logging.Formatter:
         return logging.Formatter(TEXT_FORMAT)
     return JsonFormatter(
         JSON_FIELDS,
+        # orjson: a tenth of the stdlib's time, on a line written for every request.
+        json_serializer=_orjson_dumps,
         rename_fields={"levelname": "level", "name": "logger"},
         timestamp="time",  # ISO 8601, UTC
         json_ensure_ascii=False,
     )
+
+
+def _orjson_dumps(data: object, **_: object) -> str:
+    return orjson.dumps(data, default=str).decode()
 
 
 def configure_logging(level: str, log_format: str = "json") -> None:

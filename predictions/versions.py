@@ -68,6 +68,8 @@ class ModelCatalog:
         self._loading: dict[str, threading.Thread] = {}  # import string -> its build
         self._built: dict[str, LoadedModel] = {}
         self._failed: dict[str, ModelLoadError] = {}
+        # Whether this process said that its MODEL is not the active version.
+        self.warned_inactive = False
 
     def activate_default_if_none(self, client: redis.Redis) -> str:
         default = self.default or self.model_from(self.default_import)

@@ -100,6 +100,16 @@ def refresh_pairs(
         log.error("refresh failed: cannot build model error=%s", exc)
         metrics.REFRESHES.labels("failed").inc(len(wanted))
         return 0
+    default = catalog.default
+    if default is not None and default.version != version and not catalog.warned_inactive:
+        catalog.warned_inactive = True
+        log.warning(
+            "MODEL builds version %s, but the cache serves version %s (rolled out, or "
+            "from an earlier run): refreshing %s; `make rollout MODEL=...` switches",
+            default.version,
+            version,
+            version,
+        )
     if model is None or version is None:
         log.warning("refresh skipped: the model is still loading pairs=%d", len(wanted))
         metrics.REFRESHES.labels("skipped").inc(len(wanted))

@@ -19,7 +19,7 @@ from predictions.keys import prediction_key
 from predictions.settings import DEFAULT_PAIRS, Settings
 from scripts.bench import probes, wrk
 from scripts.bench.results import BASELINE_PAIRS, OURS, ScalePoint
-from scripts.bench.targets import Target
+from scripts.bench.targets import OURS_VERSION, Target
 from tests.processes import RedisServer
 
 REFRESH_TIMEOUT_SECONDS = 120
@@ -56,7 +56,7 @@ class Refresher:
         # a second one in the same interval.
         cache.flushdb()
         expected = len(self.target.pairs)
-        missing = [prediction_key(pair) for pair in self.target.pairs]
+        missing = [prediction_key(pair, OURS_VERSION) for pair in self.target.pairs]
         started = time.perf_counter()
         self.celery.send_task(REFRESH_ALL_TASK, expires=REFRESH_TIMEOUT_SECONDS)
         while missing:
@@ -126,7 +126,9 @@ def measure_point(
         refresher.timed_refresh()
         refresh_seconds = [refresher.timed_refresh() for _ in range(repeats)]
         used_memory = probes.redis_memory(redis_server.client())[0]
-        per_pair = probes.mean_key_bytes(target.redis, [prediction_key(p) for p in pairs])
+        per_pair = probes.mean_key_bytes(
+            target.redis, [prediction_key(p, OURS_VERSION) for p in pairs]
+        )
         hits: list[wrk.WrkResult] = []
         reference_hits: list[wrk.WrkResult] = []
         hits_on_reference_pairs: list[wrk.WrkResult] = []

@@ -18,6 +18,7 @@ from pathlib import Path
 import redis
 
 from predictions.keys import prediction_key
+from predictions.model import LogLinearTrendModel
 from scripts.bench.results import FLASK_CACHING, FLOOR, FLOOR_GET, OURS, SEED, TITLES
 from tests.processes import BIN, MARKER, Process, RedisServer, free_port, wait_for
 
@@ -32,6 +33,9 @@ _GUNICORN_APPS = {
     FLOOR: "scripts.bench.floors:create_constant_app()",
     FLOOR_GET: "scripts.bench.floors:create_redis_get_app()",
 }
+
+# Ours runs the default model: its predictions are stored under its version.
+OURS_VERSION = LogLinearTrendModel.version
 
 
 def base_env(run_id: str, **overrides: str) -> dict[str, str]:
@@ -167,7 +171,7 @@ class Target:
     def warm(self, timeout: float = 60) -> None:
         """Make every pair a hit: ours through beat and the worker, baselines by asking."""
         if self.name == OURS:
-            keys = [prediction_key(pair) for pair in self.pairs]
+            keys = [prediction_key(pair, OURS_VERSION) for pair in self.pairs]
             wait_for(
                 lambda: self.redis.exists(*keys) == len(keys),
                 timeout,
@@ -191,7 +195,7 @@ class Target:
     def make_cold(self, pair: str) -> None:
         """Remove ``pair``'s cached prediction, as if it had just expired."""
         if self.name == OURS:
-            self.redis.delete(prediction_key(pair))
+            self.redis.delete(prediction_key(pair, OURS_VERSION))
         else:
             self.redis.flushdb()  # a baseline's database holds nothing but its cache
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import urllib3
 
+from predictions.model import LogLinearTrendModel
 from tests.processes import BIN, MARKER, Process, RedisServer, free_port, new_run_id, wait_for
 
 pytestmark = pytest.mark.integration
@@ -22,6 +23,8 @@ TEST_PAIRS = "ETH-EUR,BTC-EUR,ETH-USD,BTC-USD"
 TEST_TTL = 4
 TEST_REFRESH = 1
 TEST_MODEL_LATENCY = 0.3
+# The processes run the default model: its predictions are stored under its version.
+TEST_VERSION = LogLinearTrendModel.version
 # How long past its freshness a prediction stays in Redis, served as STALE.
 TEST_GRACE = 60
 

@@ -13,7 +13,7 @@ import urllib3
 
 from predictions.keys import prediction_key
 from scripts.embedded_redis import server_args
-from tests.integration.conftest import ProcessFactory
+from tests.integration.conftest import TEST_VERSION, ProcessFactory
 from tests.processes import ROOT, Process, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -58,13 +58,13 @@ def test_the_api_works_with_least_privilege_and_nothing_more(
     assert urllib3.request("GET", f"{base}/readyz", timeout=10).status == 200
 
     api_user = redis.Redis(port=port, username="api", password=password, socket_timeout=2)
-    assert api_user.get(prediction_key("ETH-EUR"))
+    assert api_user.get(prediction_key("ETH-EUR", TEST_VERSION))
     for refused in (
         api_user.flushall,
         lambda: api_user.config_get("*"),
         lambda: api_user.set("elsewhere", "x"),
         lambda: api_user.keys("*"),
-        lambda: api_user.delete(prediction_key("ETH-EUR")),
+        lambda: api_user.delete(prediction_key("ETH-EUR", TEST_VERSION)),
         lambda: api_user.lpush("celery", "x"),
     ):
         with pytest.raises(redis.exceptions.NoPermissionError):

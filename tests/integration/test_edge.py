@@ -27,7 +27,7 @@ import pytest
 import urllib3
 
 from predictions.keys import prediction_key
-from tests.integration.conftest import TEST_PAIRS, TEST_TTL, ProcessFactory
+from tests.integration.conftest import TEST_PAIRS, TEST_TTL, TEST_VERSION, ProcessFactory
 from tests.processes import ROOT, Process, RedisServer, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -101,7 +101,7 @@ def edge(start: ProcessFactory, redis_server: RedisServer, tmp_path: Path) -> It
     start("worker")
     start("beat")
     wait_for(
-        lambda: all(redis_server.client().exists(prediction_key(p)) for p in PAIRS),
+        lambda: all(redis_server.client().exists(prediction_key(p, TEST_VERSION)) for p in PAIRS),
         30,
         what="every pair cached by the worker",
     )

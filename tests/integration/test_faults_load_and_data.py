@@ -17,10 +17,17 @@ from typing import Any
 import orjson
 import pytest
 
-from predictions.keys import prediction_key
+from predictions.keys import active_version_key, prediction_key
 from predictions.prediction import FIELDS, Prediction
 from predictions.store import PredictionStore
-from tests.integration.conftest import TEST_GRACE, TEST_PAIRS, TEST_TTL, ProcessFactory
+from tests.fault_models import PairFaultModel
+from tests.integration.conftest import (
+    TEST_GRACE,
+    TEST_PAIRS,
+    TEST_TTL,
+    TEST_VERSION,
+    ProcessFactory,
+)
 from tests.integration.http import Answer, computations, get
 from tests.processes import Process, RedisServer, wait_for
 
@@ -29,12 +36,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 PAIRS = TEST_PAIRS.split(",")
 
 
-def cached(redis_server: RedisServer, pairs: list[str]) -> bool:
-    return all(redis_server.client().exists(prediction_key(pair)) for pair in pairs)
+def cached(redis_server: RedisServer, pairs: list[str], version: str = TEST_VERSION) -> bool:
+    return all(redis_server.client().exists(prediction_key(pair, version)) for pair in pairs)
 
 
-def stored(redis_server: RedisServer, pair: str) -> dict[str, Any] | None:
-    raw = redis_server.client().get(prediction_key(pair))
+def stored(
+    redis_server: RedisServer, pair: str, version: str = TEST_VERSION
+) -> dict[str, Any] | None:
+    raw = redis_server.client().get(prediction_key(pair, version))
     return None if raw is None else orjson.loads(raw)  # type: ignore[arg-type]
 
 
@@ -283,6 +292,7 @@ def test_stampede_computes_each_pair_once_sheds_load_fast_and_hits_stay_fast(
 FAULT_PAIRS = ["ETH-EUR", "SOL-EUR", "BTC-EUR", "SOL-USD", "ETH-USD", "BTC-USD"]
 FAULTS = {"ETH-EUR": "raise", "BTC-EUR": "nan", "ETH-USD": "inf", "BTC-USD": "negative"}
 HEALTHY = [pair for pair in FAULT_PAIRS if pair not in FAULTS]
+FAULTY = PairFaultModel.version
 STALE_GRACE = 2.0
 
 
@@ -309,15 +319,15 @@ def test_a_failing_model_writes_nothing_for_its_pairs_and_the_rest_stay_fresh(
     while min(len(times) for times in seen.values()) < 3:
         assert time.monotonic() < deadline, f"healthy pairs not refreshed: {seen}"
         for pair in FAULTS:
-            assert not client.exists(prediction_key(pair)), pair
+            assert not client.exists(prediction_key(pair, FAULTY)), pair
         for pair in HEALTHY:
-            entry = stored(redis_server, pair)
+            entry = stored(redis_server, pair, FAULTY)
             if entry is not None:
                 seen[pair].add(entry["computed_at"])
         time.sleep(0.05)
     for pair in FAULTS:
         assert worker.count(f"prediction failed pair={pair} ") >= 2, pair
-        assert not client.exists(prediction_key(pair)), pair
+        assert not client.exists(prediction_key(pair, FAULTY)), pair
 
     api = start("api", **env)
     for pair in FAULTS:
@@ -326,13 +336,14 @@ def test_a_failing_model_writes_nothing_for_its_pairs_and_the_rest_stay_fresh(
         assert answer.body["error"]["code"] == "prediction_failed"
         assert answer.headers["Retry-After"] == "1"
         assert api.count(f"prediction failed pair={pair} ") == 1
-        assert not client.exists(prediction_key(pair)), pair
+        assert not client.exists(prediction_key(pair, FAULTY)), pair
     for pair in HEALTHY:
         assert get(api, f"/predict/{pair}").status == 200
 
-    # A prediction the model made before it broke, served while it lasts, then stale
+    # A prediction the model made before it broke, served while it is fresh, then stale
     # within the grace period, then an error: never a price older than the grace.
     pair = "ETH-EUR"
+    assert pair in FAULTS
     now = time.time()
     previous = Prediction(
         pair=pair,
@@ -340,23 +351,23 @@ def test_a_failing_model_writes_nothing_for_its_pairs_and_the_rest_stay_fresh(
         horizon_seconds=300,
         computed_at=round(now, 3),
         fresh_until=round(now + 1.5, 3),
-        model_version="before-the-bug-1",
+        model_version=FAULTY,
         data_source="synthetic",
         compute_seconds=0.3,
     )
-    assert PredictionStore(client).write(previous, now)
+    assert PredictionStore(client, grace_seconds=STALE_GRACE).write(previous, now)
     answer = get(api, f"/predict/{pair}")
     assert (answer.status, answer.headers["X-Cache"]) == (200, "HIT")
-    wait_for(lambda: not client.exists(prediction_key(pair)), 5, what="the entry expiring")
+    time.sleep(max(0.0, previous.fresh_until - time.time()) + 0.05)
     answer = get(api, f"/predict/{pair}")
     assert (answer.status, answer.headers["X-Cache"]) == (200, "STALE"), answer.body
     assert answer.body["stale"] is True
-    assert answer.body["model_version"] == "before-the-bug-1"
+    assert answer.body["model_version"] == FAULTY
     assert answer.body["computed_at"] == previous.to_dict()["computed_at"]
     wait_for(lambda: get(api, f"/predict/{pair}").status == 503, 10, what="stale grace running out")
     assert time.time() >= previous.fresh_until + STALE_GRACE - 0.1
     assert get(api, f"/predict/{pair}").body["error"]["code"] == "prediction_failed"
-    assert not client.exists(prediction_key(pair))
+    assert not client.exists(prediction_key(pair, FAULTY))
     assert "unhandled error" not in api.output()
 
 
@@ -425,19 +436,22 @@ def test_corrupt_entries_are_recomputed_on_request_never_a_500(
     api = start("api", PAIRS=",".join(CORRUPT_PAIRS))
     client = redis_server.client()
     cases = dict(zip(CORRUPT_PAIRS, CORRUPTIONS.items(), strict=True))
+    client.set(active_version_key(), TEST_VERSION)
     for pair, (_, corrupt) in cases.items():
-        corrupt(client, prediction_key(pair))
-    assert client.dbsize() == len(cases)
+        corrupt(client, prediction_key(pair, TEST_VERSION))
+    assert client.dbsize() == len(cases) + 1
 
     for pair, (what, _) in cases.items():
         answer = get(api, f"/predict/{pair}")
         assert (answer.status, answer.headers.get("X-Cache")) == (200, "MISS"), (what, answer)
         assert set(answer.body) == FIELDS and answer.body["pair"] == pair, what
         assert answer.body["predicted_price"] > 0, what
-        assert client.type(prediction_key(pair)) == b"string", what
+        assert client.type(prediction_key(pair, TEST_VERSION)) == b"string", what
         assert stored(redis_server, pair) == answer.body, what
         # Kept for its freshness and then its grace, no longer.
-        assert 0 < client.pttl(prediction_key(pair)) <= (TEST_TTL + TEST_GRACE) * 1000, what
+        assert (
+            0 < client.pttl(prediction_key(pair, TEST_VERSION)) <= (TEST_TTL + TEST_GRACE) * 1000
+        ), what
         assert computations(api, pair) == 1, what
         again = get(api, f"/predict/{pair}")
         assert (again.status, again.headers["X-Cache"]) == (200, "HIT"), what

@@ -36,6 +36,7 @@ from tests.integration.conftest import (
     TEST_PAIRS,
     TEST_REFRESH,
     TEST_TTL,
+    TEST_VERSION,
     ProcessFactory,
 )
 from tests.integration.http import log_records
@@ -95,12 +96,12 @@ class LogCursor:
 
 
 def all_cached(redis_server: RedisServer) -> bool:
-    return all(redis_server.client().exists(prediction_key(pair)) for pair in PAIRS)
+    return all(redis_server.client().exists(prediction_key(pair, TEST_VERSION)) for pair in PAIRS)
 
 
 def stored(client: redis.Redis) -> dict[str, Prediction | None]:
     """Every pair's prediction as Redis holds it now (None: absent)."""
-    values = client.mget([prediction_key(pair) for pair in PAIRS])
+    values = client.mget([prediction_key(pair, TEST_VERSION) for pair in PAIRS])
     return {
         pair: None if raw is None else Prediction.from_json(raw, pair)
         for pair, raw in zip(PAIRS, values, strict=True)
@@ -493,7 +494,7 @@ def test_killed_pool_process_and_worker_keep_predictions_fresh(
         log = LogCursor(worker)
         victim = wait_for(lambda: busy_pool_process(worker), 10, what="a refresh running")
         # It holds a pair's compute lock: the refresh really is in progress.
-        assert any(client.exists(compute_lock_key(pair)) for pair in PAIRS)
+        assert any(client.exists(compute_lock_key(pair, TEST_VERSION)) for pair in PAIRS)
         os.kill(victim, signal.SIGKILL)  # type: ignore[arg-type]
         pool_killed_at = time.time()
         wait_for(lambda: "WorkerLostError" in log.text(), 10, what="the worker saw the loss")

@@ -7,7 +7,7 @@ from kombu import Connection
 
 from predictions.keys import prediction_key
 from predictions.settings import Settings
-from tests.integration.conftest import ProcessFactory
+from tests.integration.conftest import TEST_VERSION, ProcessFactory
 from tests.processes import RedisServer, wait_for
 from worker.celery_app import create_celery
 
@@ -27,12 +27,12 @@ def test_a_pickled_task_is_refused_and_a_json_one_runs(
             connection=connection,
         )  # fmt: skip
         wait_for(lambda: "Refusing to deserialize" in worker.output(), 30, what="refusal")
-        assert not redis_server.client().exists(prediction_key("ETH-EUR"))
+        assert not redis_server.client().exists(prediction_key("ETH-EUR", TEST_VERSION))
         assert worker.count("computed prediction pair=ETH-EUR ") == 0
 
         # The control: the same message in JSON is run.
         producer_app.send_task(
             "predictions.refresh_pairs", args=[["ETH-EUR"]], connection=connection
         )
-        wait_for(lambda: redis_server.client().exists(prediction_key("ETH-EUR")), 30)
+        wait_for(lambda: redis_server.client().exists(prediction_key("ETH-EUR", TEST_VERSION)), 30)
     assert worker.running()

@@ -8,12 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import pytest
 
-from predictions.keys import prediction_key
+from predictions.keys import active_version_key, prediction_key
 from tests.integration.conftest import (
     TEST_GRACE,
     TEST_PAIRS,
     TEST_REFRESH,
     TEST_TTL,
+    TEST_VERSION,
     ProcessFactory,
 )
 from tests.integration.http import computations, get
@@ -25,7 +26,7 @@ PAIRS = TEST_PAIRS.split(",")
 
 
 def all_cached(redis_server: RedisServer) -> bool:
-    return all(redis_server.client().exists(prediction_key(pair)) for pair in PAIRS)
+    return all(redis_server.client().exists(prediction_key(pair, TEST_VERSION)) for pair in PAIRS)
 
 
 def test_beat_and_worker_fill_every_pair_before_any_request(
@@ -123,15 +124,20 @@ def test_redis_down_is_a_quick_503_and_everything_recovers_without_restarts(
 def test_a_corrupt_entry_is_recomputed(start: ProcessFactory, redis_server: RedisServer) -> None:
     api = start("api")
     client = redis_server.client()
-    client.set(prediction_key("ETH-EUR"), b'{"pair": "ETH-EUR", "predicted_price": "lots"}', ex=60)
-    client.hset(prediction_key("BTC-EUR"), "predicted_price", "1")
+    client.set(active_version_key(), TEST_VERSION)
+    client.set(
+        prediction_key("ETH-EUR", TEST_VERSION),
+        b'{"pair": "ETH-EUR", "predicted_price": "lots"}',
+        ex=60,
+    )
+    client.hset(prediction_key("BTC-EUR", TEST_VERSION), "predicted_price", "1")
     for pair in ("ETH-EUR", "BTC-EUR"):
         answer = get(api, f"/predict/{pair}")
         assert (answer.status, answer.headers["X-Cache"]) == (200, "MISS")
         assert answer.body["pair"] == pair and answer.body["predicted_price"] > 0
-        stored = orjson.loads(client.get(prediction_key(pair)))  # type: ignore[arg-type]
+        stored = orjson.loads(client.get(prediction_key(pair, TEST_VERSION)))  # type: ignore[arg-type]
         assert stored == answer.body
-        assert 0 < client.pttl(prediction_key(pair)) <= (TEST_TTL + TEST_GRACE) * 1000
+        assert 0 < client.pttl(prediction_key(pair, TEST_VERSION)) <= (TEST_TTL + TEST_GRACE) * 1000
         assert computations(api, pair) == 1
     assert "invalid prediction entry pair=ETH-EUR" in api.output()
     assert "unreadable prediction entry pair=BTC-EUR" in api.output()
@@ -165,6 +171,9 @@ def test_bad_requests_get_json_4xx_and_write_nothing(
         assert set(answer.body["error"]) == {"status", "code", "message"}
         assert client.dbsize() == 0, (method, path)
     assert api.count("computed prediction") == 0
-    # A good request does write: the key count above could have moved.
+    # A good request does write: the key count above could have moved. (On this fresh
+    # cache it also makes the API's model the active version, and records its import.)
     assert get(api, "/predict/ETH-EUR").status == 200
-    assert client.dbsize() == 1
+    assert client.exists(prediction_key("ETH-EUR", TEST_VERSION))
+    assert client.get(active_version_key()) == TEST_VERSION.encode()
+    assert client.dbsize() == 3
