@@ -409,7 +409,7 @@ def test_a_write_lost_in_a_frozen_redis_does_not_come_back_expired(
     # Watch for as long as the late write could keep the key: it is never served.
     watch_until = time.monotonic() + 1.5
     while time.monotonic() < watch_until:
-        found = store.read("ETH-EUR")
+        found = store.read_version("ETH-EUR", prediction.model_version)
         assert found is None, f"served {time.time() - found.fresh_until:.2f} s after expiry"
         time.sleep(0.05)
 
