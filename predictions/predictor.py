@@ -42,11 +42,11 @@ class Predictor:
         self.sleep = sleep
 
     @classmethod
-    def from_settings(cls, settings: Settings, model: object = ...) -> Predictor:
-        """Load the configured model (unless a model, or None, is given) and market data
-        (once per process)."""
+    def from_settings(cls, settings: Settings, with_model: bool = True) -> Predictor:
+        """Load the configured model (unless told not to: the worker's catalog builds
+        models) and market data, once per process."""
         return cls(
-            model=load_model(settings.model) if model is ... else model,  # type: ignore[arg-type]
+            model=load_model(settings.model) if with_model else None,
             market_data=build_market_data(
                 settings.market_data, settings.market_data_timeout_seconds
             ),

@@ -37,7 +37,7 @@ class RefreshResources:
         # The model is built by the catalog, in the background (see refresh_pairs).
         return cls(
             pairs=frozenset(settings.pairs),
-            predictor=Predictor.from_settings(settings, model=None),
+            predictor=Predictor.from_settings(settings, with_model=False),
             catalog=ModelCatalog(None, settings.model),
             store=PredictionStore(
                 make_redis(settings, client_name="prediction-cache-worker"),

@@ -66,10 +66,8 @@ def _load(api: Process, stop: threading.Event, seen: list[Seen], batch: bool) ->
         seen.append(Seen(sent, received, response.status, cache, versions))
 
 
-def _make(target: str, env: dict[str, str], *args: str) -> tuple[float, float]:
-    """Run `make <target>`; return when it started and ended (monotonic)."""
-    started = time.monotonic()
-    done = subprocess.run(  # noqa: S603 - our own Makefile
+def _run_make(target: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own Makefile
         ["make", "--no-print-directory", target, *args],  # noqa: S607
         cwd=ROOT,
         env=env,
@@ -78,6 +76,12 @@ def _make(target: str, env: dict[str, str], *args: str) -> tuple[float, float]:
         timeout=120,
         check=False,
     )
+
+
+def _make(target: str, env: dict[str, str], *args: str) -> tuple[float, float]:
+    """Run `make <target>`, which must succeed; return when it started and ended."""
+    started = time.monotonic()
+    done = _run_make(target, env, *args)
     ended = time.monotonic()
     assert done.returncode == 0, done.stdout + done.stderr
     return started, ended
@@ -205,15 +209,7 @@ def test_a_rollout_that_cannot_compute_every_pair_flips_nothing(
     client = redis_server.client()
     wait_for(lambda: client.get(active_version_key()) == OLD.encode(), 30, what="the worker")
     env = {**service_env, "FAULTS": f"{PAIRS[1]}=raise"}
-    done = subprocess.run(  # noqa: S603
-        ["make", "--no-print-directory", "rollout", "MODEL=tests.fault_models:PairFaultModel"],  # noqa: S607
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _run_make("rollout", env, "MODEL=tests.fault_models:PairFaultModel")
     assert done.returncode != 0
     assert "nothing flipped" in done.stderr and PAIRS[1] in done.stderr
     assert client.get(active_version_key()) == OLD.encode()
