@@ -1,7 +1,7 @@
 """gunicorn's configuration, read from the working directory by `gunicorn api.wsgi:app`.
 
-Values come from Settings (API_BIND, API_WORKERS, API_THREADS); `--bind` and other
-command-line flags still override them.
+Values come from Settings (API_BIND, API_WORKERS, API_WORKER_CONNECTIONS,
+API_HEADER_TIMEOUT_SECONDS); `--bind` and other command-line flags still override them.
 """
 
 import os
@@ -17,16 +17,23 @@ from predictions.settings import Settings  # noqa: E402
 _settings = Settings.from_env()
 
 bind = [_settings.api_bind]
-# Threads, not async workers: a miss blocks a thread on the model for about a second,
-# while hits on other threads keep being served.
-worker_class = "gthread"
+# gevent: every connection is a greenlet, so a burst of misses waits without holding
+# threads, and slow or idle clients cost memory, not capacity. The model runs on real
+# threads beside the loop (api/serving.py). Each worker holds at most
+# worker_connections at once; past that it stops accepting (the kernel's backlog holds
+# new ones for the other workers).
+worker_class = "gevent"
 workers = _settings.api_workers
-threads = _settings.api_threads
+worker_connections = _settings.api_worker_connections
+# gunicorn's gevent worker reads each request's headers under a timeout of `keepalive`
+# seconds (and closes an idle keep-alive connection after it): a client that trickles
+# its headers, or sends nothing, is cut after API_HEADER_TIMEOUT_SECONDS.
+keepalive = _settings.api_header_timeout_seconds
+backlog = 2048
 # Longer than a miss can take (compute timeout), so a computing worker is never killed.
 timeout = int(_settings.compute_timeout_seconds) + 20
 # On SIGTERM, in-flight requests (a miss: up to the compute timeout) may finish.
 graceful_timeout = int(_settings.compute_timeout_seconds) + 5
-keepalive = 5
 # Recycle each worker now and then, at staggered times, so a slow leak in a model or
 # library can never grow without bound, and never all workers at once.
 max_requests = 100_000

@@ -9,7 +9,9 @@ import redis
 from flask import Flask
 
 from api.errors import register_error_handlers
+from api.hot_path import HotPath
 from api.observe import observe_requests
+from api.serving import model_offload
 from api.views import ApiState, bp
 from predictions import metrics
 from predictions.cache import Limits, PredictionCache
@@ -20,6 +22,7 @@ from predictions.redis_client import make_redis
 from predictions.settings import Settings
 from predictions.store import PredictionStore
 from predictions.versions import ModelCatalog
+from predictions.write_feed import WriteFollower
 
 
 def create_app(
@@ -27,8 +30,13 @@ def create_app(
     redis_client: redis.Redis | None = None,
     predictor: Predictor | None = None,
     clock: Callable[[], float] = time.time,
+    follow_writes: bool | None = None,
 ) -> Flask:
-    """Build the API; tests pass their own settings, client, predictor and clock."""
+    """Build the API; tests pass their own settings, client, predictor and clock.
+
+    ``follow_writes`` (default: NEAR_CACHE_FOLLOWS_WRITES, when the client is made
+    here) keeps near copies current from the write feed (predictions/write_feed.py).
+    """
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     # Only GET and HEAD exist: OPTIONS gets the same JSON 405 as any other method.
@@ -40,11 +48,17 @@ def create_app(
         catalog = ModelCatalog(predictor.model, settings.model)
     else:  # a test's own model: no import string can build it elsewhere
         catalog = ModelCatalog(predictor.model, "")
+    if follow_writes is None:  # a client of the caller's (tests): unless asked to
+        follow_writes = redis_client is None and settings.near_cache_follows_writes
     store = PredictionStore(
         redis_client or make_redis(settings, client_name="prediction-cache-api"),
         grace_seconds=settings.stale_grace_seconds,
         clock=clock,
     )
+    near = NearCache(settings.near_cache_seconds, clock=clock)
+    feed = None
+    if follow_writes and settings.near_cache_seconds > 0:
+        feed = WriteFollower(store.redis, near, frozenset(settings.pairs))
     app.extensions["predictions"] = ApiState(
         settings=settings,
         pairs=frozenset(settings.pairs),
@@ -54,13 +68,14 @@ def create_app(
             Limits(
                 compute_timeout_seconds=settings.compute_timeout_seconds,
                 max_concurrent_computes=settings.max_concurrent_computes,
-                # Half the threads may wait on misses: the other half always serve hits.
-                max_waiting=max(1, settings.api_threads // 2),
+                # A tenth of the connections are always left for hits, however many
+                # requests wait on misses.
+                max_waiting=max(1, settings.api_worker_connections * 9 // 10),
                 stale_grace_seconds=settings.stale_grace_seconds,
                 early_refresh_beta=settings.early_refresh_beta,
                 failed_compute_backoff_seconds=settings.failed_compute_backoff_seconds,
             ),
-            near_cache=NearCache(settings.near_cache_seconds, clock=clock),
+            near_cache=near,
             breaker=CircuitBreaker(
                 settings.circuit_failure_threshold,
                 settings.circuit_open_seconds,
@@ -68,9 +83,12 @@ def create_app(
             ),
             clock=clock,
             catalog=catalog,
+            offload=model_offload(settings.max_concurrent_computes),
+            feed=feed,
         ),
     )
     app.register_blueprint(bp)
     register_error_handlers(app)
     observe_requests(app)
+    app.wsgi_app = HotPath(app.wsgi_app, app.extensions["predictions"])  # type: ignore[method-assign]
     return app

@@ -9,11 +9,12 @@ ahead of time.
 
 from __future__ import annotations
 
-import logging
 import time
+from typing import Any
 
 from flask import Flask, Response, request
 
+from api import access_log
 from predictions import metrics
 
 # What the views leave in request.environ for the hook.
@@ -23,7 +24,6 @@ OUTCOME = "prediction_cache.outcome"
 AGE = "prediction_cache.age_seconds"
 _STARTED = "prediction_cache.started"
 
-access_log = logging.getLogger("api.access")
 
 _REQUESTS = {outcome: metrics.REQUESTS.labels(outcome) for outcome in metrics.OUTCOMES}
 _SECONDS = {outcome: metrics.REQUEST_SECONDS.labels(outcome) for outcome in metrics.OUTCOMES}
@@ -43,31 +43,33 @@ def _observe(response: Response) -> Response:
     seconds = time.perf_counter() - environ.get(_STARTED, time.perf_counter())
     status = response.status_code
     outcome = environ.get(OUTCOME)
-    pair = environ.get(PAIR)
-    if PREDICT in environ:
-        if outcome is None:  # no prediction was served
-            outcome = "miss_failed" if status >= 500 else "rejected"
+    if PREDICT in environ and outcome is None:  # no prediction was served
+        outcome = "miss_failed" if status >= 500 else "rejected"
+    record(environ, status, seconds, PREDICT in environ, outcome, environ.get(PAIR))
+    return response
+
+
+def record(
+    environ: dict[str, Any],
+    status: int,
+    seconds: float,
+    predict: bool,
+    outcome: str | None,
+    pair: str | None,
+) -> None:
+    """One answer's metrics and access-log line (the Flask hook and the hot path)."""
+    if predict and outcome is not None:
         _REQUESTS[outcome].inc()
         _SECONDS[outcome].observe(seconds)
         if pair is not None:
             # Only configured pairs get here: the label set is bounded.
             metrics.SERVED_AGE.labels(pair).set(environ[AGE])
-    if access_log.isEnabledFor(logging.INFO):
-        method = environ.get("REQUEST_METHOD", "")
-        path = environ.get("PATH_INFO", "")[:200]
-        access_log.info(
-            "%s %s %s",
-            method,
-            path,
-            status,
-            extra={
-                "method": method,
-                "path": path,
-                "status": status,
-                "pair": pair,
-                "outcome": outcome,
-                "duration_ms": round(seconds * 1000, 3),
-                "age_seconds": environ.get(AGE),
-            },
-        )
-    return response
+    access_log.write(
+        environ.get("REQUEST_METHOD", ""),
+        environ.get("PATH_INFO", "")[:200],
+        status,
+        pair,
+        outcome,
+        round(seconds * 1000, 3),
+        environ.get(AGE),
+    )

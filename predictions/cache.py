@@ -8,16 +8,19 @@ A stored prediction is fresh until its fresh_until, then stale for a grace perio
 - stale: served at once, marked STALE, and the pair is recomputed in the background
   (stale-while-revalidate); while that fails, the stale one keeps being served until
   its grace ends (stale-if-error);
-- nothing: a MISS. One request, across every thread, worker and host, takes the pair's
-  lock in Redis and computes; the others poll the store until the result lands, the
-  lock's owner gives up, or their deadline passes.
+- nothing: a MISS. In each process one request per pair goes on (SingleFlight) and
+  the others wait for its outcome; across processes and hosts, the one that takes the
+  pair's lock in Redis computes, and the others poll the store until the result lands,
+  the lock's owner gives up, or their deadline passes. Every waiter gets the answer.
 
 Everything that can fail is bounded: a process computes at most
-``max_concurrent_computes`` predictions at once (background ones included) and lets at
-most ``max_waiting`` requests wait on misses, so that hits on other pairs always find a
-free thread; a Redis that keeps failing is skipped for a while (CircuitBreaker), and
-then the last prediction this process saw is served, marked stale, within its grace.
-Past ``fresh_until + stale_grace_seconds`` nothing is ever served.
+``max_concurrent_computes`` predictions at once (background ones included), each
+through ``offload`` (the API runs it on a real thread, off its event loop); a miss
+queues for a computation slot within its deadline. At most ``max_waiting`` requests
+per process wait on misses (a bound on memory and connections, not on a burst's
+size); a Redis that keeps failing is skipped for a while (CircuitBreaker), and then the
+last prediction this process saw is served, marked stale, within its grace. Past
+``fresh_until + stale_grace_seconds`` nothing is ever served.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar, cast
 
 import redis
 
@@ -40,13 +44,24 @@ from predictions.near_cache import NearCache
 from predictions.prediction import Prediction
 from predictions.predictor import PredictionFailed, Predictor
 from predictions.revalidation import BackgroundRefresher, refresh_early
+from predictions.single_flight import FlightTimeout, SingleFlight
 from predictions.store import PredictionStore
 from predictions.versions import ModelCatalog
+from predictions.write_feed import WriteFollower
 
 log = logging.getLogger(__name__)
 
 # Redis is unreachable or frozen: what the circuit breaker counts.
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+T = TypeVar("T")
+# Runs a blocking call (the model) and returns its result: in the API, on a real thread
+# so that the event loop keeps serving; by default, right here.
+Offload = Callable[[Callable[[], T]], T]
+
+
+def run_here(call: Callable[[], T]) -> T:
+    return call()
 
 
 class Outcome(enum.StrEnum):
@@ -98,7 +113,9 @@ class Limits:
 
     compute_timeout_seconds: float = 10.0
     max_concurrent_computes: int = 2
-    max_waiting: int = 4
+    # Requests of one process waiting on misses at once; the API sets it below its
+    # connection bound, so that some connections are always left for hits.
+    max_waiting: int = 900
     stale_grace_seconds: float = 60.0
     early_refresh_beta: float = 1.0  # 0: no early refresh
     failed_compute_backoff_seconds: float = 1.0
@@ -118,6 +135,8 @@ class PredictionCache:
         clock: Callable[[], float] = time.time,
         draw: Callable[[], float] = random.random,
         catalog: ModelCatalog | None = None,
+        offload: Offload[object] = run_here,
+        feed: WriteFollower | None = None,
     ) -> None:
         self.store = store
         self.predictor = predictor
@@ -129,17 +148,30 @@ class PredictionCache:
         self.poll_interval = poll_interval_seconds
         self.clock = clock
         self.draw = draw  # uniform in [0, 1), for XFetch
+        self.offload = offload
+        # Keeps near copies current by following every write (started on first use).
+        self.feed = feed
+        self._flights: SingleFlight[Lookup] = SingleFlight()
         self._computing = threading.BoundedSemaphore(self.limits.max_concurrent_computes)
         self._waiting = threading.BoundedSemaphore(self.limits.max_waiting)
         self.refresher = BackgroundRefresher(
             self.limits.max_concurrent_computes, self.limits.failed_compute_backoff_seconds
         )
 
-    def get(self, pair: str) -> Lookup:
-        """The pair's prediction: fresh if at all possible, else stale within grace."""
+    def near_hit(self, pair: str) -> Prediction | None:
+        """The pair's fresh near copy, if this process may serve one without asking
+        Redis (the API's hot path); XFetch may pick it for an early refresh."""
+        if self.feed is not None:
+            self.feed.ensure_running()
         prediction = self.near.get(pair)  # only ever a fresh one
         if prediction is not None:
             self._consider_early_refresh(prediction, self.clock())
+        return prediction
+
+    def get(self, pair: str) -> Lookup:
+        """The pair's prediction: fresh if at all possible, else stale within grace."""
+        prediction = self.near_hit(pair)
+        if prediction is not None:
             return Lookup(prediction, Outcome.HIT)
         if not self.breaker.allow():
             return self._stale_or_raise(pair, CacheUnavailable("Redis is failing; not tried"))
@@ -228,9 +260,18 @@ class PredictionCache:
         if not self._waiting.acquire(blocking=False):
             raise Overloaded(f"{pair}: too many requests are already waiting for predictions")
         try:
-            return self._compute_once(pair, version)
+            wait = self.limits.compute_timeout_seconds + 1.0  # the leader's own bound, and some
+            try:
+                lookup, shared = self._flights.do(
+                    pair, functools.partial(self._compute_once, pair, version), wait
+                )
+            except FlightTimeout as exc:
+                raise ComputeTimeout(str(exc)) from None
         finally:
             self._waiting.release()
+        if shared:  # another request of this process got it: this one waited
+            return Lookup(lookup.prediction, Outcome.MISS)
+        return lookup
 
     def _compute_once(self, pair: str, version: str) -> Lookup:
         client = self.store.redis
@@ -247,7 +288,7 @@ class PredictionCache:
                     stored = self.store.read_version(pair, version)
                     if stored is not None and stored.is_fresh(self.clock()):
                         return Lookup(stored, Outcome.MISS)
-                    computed = self._compute_and_store(pair, version)
+                    computed = self._compute_and_store(pair, version, deadline)
                     return Lookup(computed, Outcome.MISS, computed_here=True)
                 finally:
                     _release(client, pair, version, token)
@@ -263,13 +304,22 @@ class PredictionCache:
                 metrics.LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
                 raise ComputeTimeout(f"{pair}: no prediction within {timeout:g} s")
 
-    def _compute_and_store(self, pair: str, version: str) -> Prediction:
-        if not self._computing.acquire(blocking=False):
+    def _compute_and_store(self, pair: str, version: str, deadline: float | None) -> Prediction:
+        """Compute now (within ``deadline``, a monotonic time, waiting for a free slot),
+        or, with no deadline, only if a slot is free at once."""
+        if deadline is None:
+            slot = self._computing.acquire(blocking=False)
+        else:
+            slot = self._computing.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        if not slot:
             raise Overloaded(f"{pair}: this process is computing as many predictions as it may")
         try:
             try:
                 model = self.catalog.model(self.store.redis, version)
-                prediction = self.predictor.compute(pair, model)
+                prediction = cast(
+                    Prediction,
+                    self.offload(functools.partial(self.predictor.compute, pair, model)),
+                )
             except ModelLoadError as exc:
                 log.error("cannot build model version=%s error=%s", version, exc)
                 self.refresher.failed(pair)
@@ -315,7 +365,7 @@ class PredictionCache:
                 current = self.store.read_version(pair, version)
                 if current is not None and current.computed_at > seen.computed_at:
                     return  # refreshed since this request looked
-                prediction = self._compute_and_store(pair, version)
+                prediction = self._compute_and_store(pair, version, None)
             finally:
                 _release(client, pair, version, token)
             # Even if Redis would not take it, this process serves it (fresh).

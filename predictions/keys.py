@@ -91,6 +91,11 @@ def refresh_slot_key(slot: int) -> str:
     return f"{PREFIX}:refresh-slot:{slot}"
 
 
+def updates_channel() -> str:
+    """The pub/sub channel of every prediction write (predictions/write_feed.py)."""
+    return f"{PREFIX}:updates"
+
+
 def beat_tick_key() -> str:
     """The Unix time of celery beat's last tick, so that /metrics can show beat is alive."""
     return f"{PREFIX}:beat:last-tick"

@@ -35,6 +35,17 @@ def _orjson_dumps(data: object, **_: object) -> str:
     return orjson.dumps(data, default=str).decode()
 
 
+def is_json_handler(handler: logging.Handler) -> bool:
+    """True for a plain stream handler with our JSON formatter and no filters (the
+    API's access log writes such lines itself, see api/access_log.py)."""
+    return (
+        type(handler) is logging.StreamHandler
+        and isinstance(handler.formatter, JsonFormatter)
+        and not handler.filters
+        and handler.level <= logging.INFO
+    )
+
+
 def configure_logging(level: str, log_format: str = "json") -> None:
     """Send the service's own log lines to stderr at ``level``, once per process."""
     for name in LOGGERS:

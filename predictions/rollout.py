@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 
 import redis
 
+from predictions import write_feed
 from predictions.keys import (
     active_version_key,
     check_version,
@@ -84,7 +85,11 @@ def rollout(
     predictions = _precompute(predictor, store, model, pairs)
     say(f"precomputed {len(pairs)} pairs with {model.version}")
 
-    client.set(flip_pending_key(), model.version, px=int((wait + 60) * 1000))
+    with client.pipeline(transaction=True) as pipe:
+        pipe.set(flip_pending_key(), model.version, px=int((wait + 60) * 1000))
+        # API processes following the write feed stop serving near copies on this.
+        pipe.publish(write_feed.CHANNEL, write_feed.state_message(active, True))
+        pipe.execute()
     sleep(wait)
     # Anything that would go stale before the flip lands is computed again first.
     soon = time.time() + 1.0
@@ -137,6 +142,7 @@ def _flip(client: redis.Redis, expected_active: str | None, version: str) -> Non
                 pipe.set(previous_version_key(), expected_active)
             pipe.set(active_version_key(), version)
             pipe.delete(flip_pending_key())
+            pipe.publish(write_feed.CHANNEL, write_feed.state_message(version, False))
             pipe.execute()
         except redis.WatchError:
             raise RolloutFailed("another rollout changed the active version meanwhile") from None

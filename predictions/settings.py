@@ -56,7 +56,13 @@ class Settings:
     # How long an API process may answer from its own copy of a prediction read from
     # Redis (never past the prediction's expiry); 0 reads Redis on every request.
     near_cache_seconds: float = 0.25
-    # Model computations one API process runs at once; a miss beyond that is a 503.
+    # API processes subscribe to every prediction write in Redis, so a near copy that
+    # the subscription keeps current is served until its own freshness ends, without a
+    # Redis round trip (while the subscription is healthy; else NEAR_CACHE_SECONDS).
+    near_cache_follows_writes: bool = True
+    # Model computations one API process runs at once, each on a thread of its own (so a
+    # CPU-bound model never stalls the event loop serving hits); further misses queue
+    # for a thread, within COMPUTE_TIMEOUT_SECONDS.
     max_concurrent_computes: int = 2
     # How long past its freshness a prediction stays in Redis and may still be served,
     # marked stale, while it is recomputed in the background or while that fails.
@@ -78,7 +84,13 @@ class Settings:
     worker_concurrency: int = 4
     api_bind: str = "127.0.0.1:8000"
     api_workers: int = 2
-    api_threads: int = 8
+    # Connections one API process holds at once (gevent: each is a greenlet, so slow or
+    # idle clients cost memory, not threads). Past it the process stops accepting and
+    # new connections wait in the listen backlog for another process.
+    api_worker_connections: int = 1000
+    # A client must send a whole request's headers within this long, and an idle
+    # keep-alive connection is closed after it: slow or silent clients are cut.
+    api_header_timeout_seconds: int = 5
     # The worker's Prometheus endpoint, HOST:PORT, or "off".
     worker_metrics_bind: str = "127.0.0.1:9808"
     log_level: str = "INFO"
@@ -139,6 +151,7 @@ class Settings:
         read("market_data_timeout_seconds", _positive_float)
         read("compute_timeout_seconds", _positive_float)
         read("near_cache_seconds", _non_negative_float)
+        read("near_cache_follows_writes", _boolean)
         read("max_concurrent_computes", _positive_int)
         read("stale_grace_seconds", _non_negative_float)
         read("early_refresh_beta", _bounded(float, "a number >= 0", lambda value: value >= 0))
@@ -152,7 +165,8 @@ class Settings:
         read("worker_concurrency", _positive_int)
         read("api_bind", _bind)
         read("api_workers", _positive_int)
-        read("api_threads", _positive_int)
+        read("api_worker_connections", _bounded(int, "a whole number >= 10", lambda v: v >= 10))
+        read("api_header_timeout_seconds", _positive_int)
         read("worker_metrics_bind", _bind_or_off)
         read("log_level", _log_level)
         read("log_format", _choice(LOG_FORMATS))
@@ -295,6 +309,15 @@ def _bind_or_off(name: str, raw: str) -> str:
     if raw.startswith("unix:"):
         raise _fail(name, "HOST:PORT such as 127.0.0.1:9808, or off", raw)
     return _bind(name, raw)
+
+
+def _boolean(name: str, raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise _fail(name, "1 or 0 (true or false)", raw)
 
 
 def _log_level(name: str, raw: str) -> str:

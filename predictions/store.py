@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import redis
 
+from predictions import write_feed
 from predictions.keys import (
     PREDICTION_PREFIX,
     active_version_key,
@@ -38,7 +39,8 @@ return {version, pending, values}
 
 # Monotonic writes: store the prediction unless the key holds one computed at the same
 # time or later (computed_at is ISO 8601 UTC with milliseconds, so text order is time
-# order). A computation that finishes late never overwrites a newer prediction.
+# order). A computation that finishes late never overwrites a newer prediction. What is
+# stored is published on the write feed (predictions/write_feed.py) in the same step.
 _WRITE_IF_NEWER = """
 local current = redis.pcall('GET', KEYS[1])
 if type(current) == 'string' then
@@ -46,6 +48,7 @@ if type(current) == 'string' then
     if stored and stored >= ARGV[2] then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. ARGV[1])
 return 1
 """
 
@@ -137,6 +140,8 @@ class PredictionStore:
                     prediction.to_json(),
                     format_time(prediction.computed_at),
                     int(keep_until * 1000),
+                    write_feed.CHANNEL,
+                    write_feed.write_prefix(prediction.pair, prediction.model_version),
                 ],
                 client=pipe,
             )
@@ -144,6 +149,15 @@ class PredictionStore:
         if not sent:
             return 0
         return sum(int(stored) for stored in pipe.execute())
+
+    def forget(self, pair: str, version: str) -> bool:
+        """Delete a pair's prediction (to see a miss on purpose); True if there was one.
+        Followers drop their near copies too."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(prediction_key(pair, version))
+        pipe.publish(write_feed.CHANNEL, write_feed.delete_message(pair, version))
+        deleted, _ = pipe.execute()
+        return bool(deleted)
 
     def keep_until(self, prediction: Prediction) -> float:
         """When the prediction may no longer be served at all, even marked stale."""

@@ -119,27 +119,61 @@ def test_a_failed_computation_releases_the_lock_and_writes_nothing(
     assert redis_client.keys(prediction_key("*", "*")) == []
 
 
-def test_computations_beyond_the_bound_are_refused_at_once(
+def test_computations_beyond_the_bound_queue_for_a_slot(
     store: PredictionStore, predictor: Predictor, model: CountingModel
 ) -> None:
-    _slow(model, 0.5)
+    _slow(model, 0.3)
     cache = _cache(store, predictor, max_concurrent_computes=2)
-    pairs = ["ETH-EUR", "BTC-EUR", "ETH-USD", "BTC-USD"]
+    running = [0]
+    most = [0]
+    compute = predictor.compute
 
-    def timed(pair: str) -> tuple[str, float]:
-        started = time.perf_counter()
+    def counting_compute(*args: object, **kwargs: object) -> object:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
         try:
-            cache.get(pair)
-            outcome = "ok"
-        except Overloaded:
-            outcome = "overloaded"
-        return outcome, time.perf_counter() - started
+            return compute(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            running[0] -= 1
 
+    predictor.compute = counting_compute  # type: ignore[assignment, method-assign]
+    pairs = ["ETH-EUR", "BTC-EUR", "ETH-USD", "BTC-USD"]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(timed, pairs))
-    assert sorted(outcome for outcome, _ in results) == ["ok", "ok", "overloaded", "overloaded"]
-    assert all(seconds < 0.3 for outcome, seconds in results if outcome == "overloaded")
-    assert len(model.calls) == 2
+        lookups = list(pool.map(cache.get, pairs))
+    assert [lookup.outcome for lookup in lookups] == [Outcome.MISS] * 4
+    assert sorted(model.calls) == sorted(pairs)
+    assert most[0] == 2
+
+
+def test_a_miss_that_finds_no_slot_within_its_deadline_is_overloaded(
+    store: PredictionStore, predictor: Predictor, model: CountingModel
+) -> None:
+    _slow(model, 1.0)
+    cache = _cache(store, predictor, max_concurrent_computes=1, compute_timeout_seconds=0.3)
+
+    def outcome(pair: str) -> str:
+        try:
+            return cache.get(pair).outcome.value
+        except Overloaded:
+            return "overloaded"
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(outcome, ["ETH-EUR", "BTC-EUR"]))
+    assert sorted(outcomes) == ["MISS", "overloaded"]
+    assert len(model.calls) == 1
+
+
+def test_a_burst_on_one_cold_pair_is_answered_by_one_computation(
+    store: PredictionStore, predictor: Predictor, model: CountingModel
+) -> None:
+    _slow(model, 0.3)
+    cache = _cache(store, predictor)
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        lookups = list(pool.map(lambda _: cache.get("ETH-EUR"), range(40)))
+    assert model.calls == ["ETH-EUR"]
+    assert {lookup.outcome for lookup in lookups} == {Outcome.MISS}
+    assert sum(lookup.computed_here for lookup in lookups) == 1
+    assert len({lookup.prediction for lookup in lookups}) == 1
 
 
 def test_waiting_requests_are_bounded_too(

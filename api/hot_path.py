@@ -1,0 +1,90 @@
+"""The hot path: a fresh hit of GET /predict/<pair>, answered without Flask.
+
+A hit is the product: it must cost no more than the cheapest Flask view. Werkzeug's
+request and response objects, routing and hooks cost more than the rest of the hit, so
+a fresh near copy of a configured pair, asked for by its canonical name with a plain GET
+(no query string, no validator), is answered here, in a few lines of WSGI. Its headers
+change at most once a second per prediction, so they are prepared once per second and
+reused. Everything else (misses, stale answers, 304s, other spellings of a pair, every
+other route) goes to the Flask app unchanged, which owns routing and errors. Both paths
+answer with the same headers and body, and record the same metrics and access-log line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from api import observe
+from api.http_caching import caching_headers
+from predictions.cache import Outcome
+from predictions.prediction import Prediction
+
+PREFIX = "/predict/"
+_HIT = Outcome.HIT.value
+_OUTCOME = "hit"
+
+StartResponse = Callable[..., Any]
+# (prediction, the whole seconds its headers were made for, headers, body)
+_Prepared = tuple[Prediction, tuple[int, int], list[tuple[str, str]], bytes]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class HotPath:
+    """WSGI middleware in front of the Flask app (see the module's docstring)."""
+
+    def __init__(self, app: WsgiApp, state: Any) -> None:
+        self.app = app
+        self.pairs: frozenset[str] = state.pairs
+        self.cache = state.cache
+        self.grace = state.settings.stale_grace_seconds
+        self._prepared: dict[str, _Prepared] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path: str = environ.get("PATH_INFO", "")
+        if (
+            path.startswith(PREFIX)
+            and environ.get("REQUEST_METHOD") == "GET"
+            and not environ.get("QUERY_STRING")
+            and "HTTP_IF_NONE_MATCH" not in environ
+        ):
+            pair = path[len(PREFIX) :]
+            if pair in self.pairs:
+                started = time.perf_counter()
+                prediction = self.cache.near_hit(pair)
+                if prediction is not None:
+                    return self._serve(environ, start_response, prediction, started)
+        return self.app(environ, start_response)
+
+    def _serve(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        prediction: Prediction,
+        started: float,
+    ) -> list[bytes]:
+        now = self.cache.clock()
+        _, _, headers, body = self._prepare(prediction, now)
+        environ[observe.AGE] = round(now - prediction.computed_at, 3)
+        elapsed = time.perf_counter() - started
+        start_response("200 OK", [*headers, ("Server-Timing", f"cache;dur={elapsed * 1000:.3f}")])
+        observe.record(environ, 200, elapsed, True, _OUTCOME, prediction.pair)
+        return [body]
+
+    def _prepare(self, prediction: Prediction, now: float) -> _Prepared:
+        # Whole seconds of age and of freshness left: every caching header is a
+        # function of these (and of the prediction), so they key the prepared list.
+        second = (int(now), int(prediction.fresh_until - now))
+        prepared = self._prepared.get(prediction.pair)
+        if prepared is not None and prepared[0] is prediction and prepared[1] == second:
+            return prepared
+        body = prediction.to_json()
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            *caching_headers(prediction, now, self.grace).items(),
+            ("X-Cache", _HIT),
+        ]
+        prepared = self._prepared[prediction.pair] = (prediction, second, headers, body)
+        return prepared
