@@ -5,6 +5,7 @@ API_HEADER_TIMEOUT_SECONDS); `--bind` and other command-line flags still overrid
 """
 
 import os
+import resource
 
 from predictions.multiprocess import use_multiprocess_dir
 
@@ -30,6 +31,12 @@ worker_connections = _settings.api_worker_connections
 # its headers, or sends nothing, is cut after API_HEADER_TIMEOUT_SECONDS.
 keepalive = _settings.api_header_timeout_seconds
 backlog = 2048
+
+# Each connection is a file descriptor: lift the soft limit (often 1024) to the hard one,
+# so that worker_connections can be reached at all.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _soft != resource.RLIM_INFINITY and (_hard == resource.RLIM_INFINITY or _soft < _hard):
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
 # Longer than a miss can take (compute timeout), so a computing worker is never killed.
 timeout = int(_settings.compute_timeout_seconds) + 20
 # On SIGTERM, in-flight requests (a miss: up to the compute timeout) may finish.

@@ -8,8 +8,8 @@ A stored prediction is fresh until its fresh_until, then stale for a grace perio
 - stale: served at once, marked STALE, and the pair is recomputed in the background
   (stale-while-revalidate); while that fails, the stale one keeps being served until
   its grace ends (stale-if-error);
-- nothing: a MISS. In each process one request per pair goes on (SingleFlight) and
-  the others wait for its outcome; across processes and hosts, the one that takes the
+- nothing: a MISS. In each process one request per pair reads through (SingleFlight)
+  and the others wait for its outcome; across processes and hosts, the one that takes the
   pair's lock in Redis computes, and the others poll the store until the result lands,
   the lock's owner gives up, or their deadline passes. Every waiter gets the answer.
 
@@ -175,18 +175,40 @@ class PredictionCache:
             return Lookup(prediction, Outcome.HIT)
         if not self.breaker.allow():
             return self._stale_or_raise(pair, CacheUnavailable("Redis is failing; not tried"))
+        if not self._waiting.acquire(blocking=False):
+            return self._stale_or_raise(
+                pair, Overloaded(f"{pair}: too many requests are already waiting for predictions")
+            )
         try:
-            lookup = self._read_through(pair)
-        except REDIS_DOWN as exc:
-            self._redis_failed(exc, pair)
+            # One read-through per pair at a time in this process: a burst on a cold
+            # pair makes one Redis read and one computation, and everyone gets it.
+            wait = self.limits.compute_timeout_seconds + 1.0  # the leader's own bound, and some
+            lookup, shared = self._flights.do(
+                pair, functools.partial(self._read_through_once, pair), wait
+            )
+        except FlightTimeout as exc:
+            return self._stale_or_raise(pair, ComputeTimeout(str(exc)))
+        except REDIS_DOWN:
             return self._stale_or_raise(
                 pair, CacheUnavailable("the prediction cache is unreachable")
             )
         except Unavailable as exc:
-            self.breaker.record_success()  # Redis answered; the miss path gave up
             return self._stale_or_raise(pair, exc)
+        finally:
+            self._waiting.release()
+        if shared and lookup.outcome is Outcome.MISS:  # this one waited for another's
+            return Lookup(lookup.prediction, Outcome.MISS)
+        return lookup
+
+    def _read_through_once(self, pair: str) -> Lookup:
+        """Read (and on a miss, compute) the pair, recording what Redis did."""
+        try:
+            lookup = self._read_through(pair)
+        except REDIS_DOWN as exc:
+            self._redis_failed(exc, pair)
+            raise
         except BaseException:
-            self.breaker.record_success()
+            self.breaker.record_success()  # Redis answered; the miss path gave up
             raise
         self.breaker.record_success()
         self.near.put(lookup.prediction)
@@ -257,21 +279,7 @@ class PredictionCache:
         if self.refresher.resting(pair):
             # It failed moments ago: answer at once rather than run the model again.
             raise ComputeFailed(f"{pair}: the model failed moments ago; retry shortly")
-        if not self._waiting.acquire(blocking=False):
-            raise Overloaded(f"{pair}: too many requests are already waiting for predictions")
-        try:
-            wait = self.limits.compute_timeout_seconds + 1.0  # the leader's own bound, and some
-            try:
-                lookup, shared = self._flights.do(
-                    pair, functools.partial(self._compute_once, pair, version), wait
-                )
-            except FlightTimeout as exc:
-                raise ComputeTimeout(str(exc)) from None
-        finally:
-            self._waiting.release()
-        if shared:  # another request of this process got it: this one waited
-            return Lookup(lookup.prediction, Outcome.MISS)
-        return lookup
+        return self._compute_once(pair, version)
 
     def _compute_once(self, pair: str, version: str) -> Lookup:
         client = self.store.redis

@@ -85,9 +85,9 @@ class Settings:
     api_bind: str = "127.0.0.1:8000"
     api_workers: int = 2
     # Connections one API process holds at once (gevent: each is a greenlet, so slow or
-    # idle clients cost memory, not threads). Past it the process stops accepting and
-    # new connections wait in the listen backlog for another process.
-    api_worker_connections: int = 1000
+    # idle clients cost memory, about 20 KB each, not threads). Past it the process stops
+    # accepting and new connections wait in the listen backlog for another process.
+    api_worker_connections: int = 2000
     # A client must send a whole request's headers within this long, and an idle
     # keep-alive connection is closed after it: slow or silent clients are cut.
     api_header_timeout_seconds: int = 5

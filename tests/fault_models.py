@@ -12,6 +12,7 @@ Every other pair gets the default model's answer.
 from __future__ import annotations
 
 import os
+import time
 
 from predictions.market_data import PriceWindow
 from predictions.model import LogLinearTrendModel
@@ -62,4 +63,22 @@ class SwitchedFaultModel:
     def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int) -> float:
         if os.path.exists(self.switch):
             raise RuntimeError(f"injected model failure on {pair}")
+        return self.healthy.predict(pair, prices, horizon_seconds)
+
+
+class CpuHeavyModel:
+    """The default model's answer after 200 ms of pure-Python CPU work (not a sleep):
+    the kind of model that would stall an event loop if it ran on it."""
+
+    version = "cpu-heavy-1"
+    cpu_seconds = 0.2
+
+    def __init__(self) -> None:
+        self.healthy = LogLinearTrendModel()
+
+    def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int) -> float:
+        deadline = time.thread_time() + self.cpu_seconds
+        spin = 0
+        while time.thread_time() < deadline:
+            spin += sum(range(200))
         return self.healthy.predict(pair, prices, horizon_seconds)
