@@ -113,6 +113,10 @@ class NearCache:
 
     # The write stream's side (predictions/write_feed.py).
 
+    @property
+    def following(self) -> bool:
+        return self._following
+
     def follow(self, version: str | None, flip_pending: bool) -> None:
         """A new subscription is up: start a new epoch from the state read after it."""
         self._epoch += 1

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import socket
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 HOST = "127.0.0.1"
 
@@ -185,6 +191,28 @@ def probe(
         latencies.append(time.perf_counter() - started)
         time.sleep(interval)
     return {"statuses": statuses, "latencies": latencies}
+
+
+@contextlib.contextmanager
+def probing(
+    port: int, seconds: float, path: str = "/predict/ETH-EUR"
+) -> Iterator[dict[str, list[float]]]:
+    """``probe`` in a process of its own for ``seconds``, while the block runs; the dict
+    it yields holds its statuses and latencies once the block is done."""
+    found: dict[str, list[float]] = {}
+    command = [
+        sys.executable, "-m", "tests.load", "probe", "--port", str(port),
+        "--path", path, "--seconds", str(seconds), "--interval", "0.005",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        yield found
+        out, _ = process.communicate(timeout=seconds + 30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+    found.update(json.loads(out))
 
 
 def percentile(values: list[float], q: float) -> float:

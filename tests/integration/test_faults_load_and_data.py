@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -20,6 +19,7 @@ import pytest
 from predictions.keys import active_version_key, prediction_key
 from predictions.prediction import FIELDS, Prediction
 from predictions.store import PredictionStore
+from tests import load
 from tests.fault_models import PairFaultModel
 from tests.integration.conftest import (
     TEST_GRACE,
@@ -201,20 +201,10 @@ STAMPEDE_PAIRS = ["ETH-EUR", "BTC-EUR", "ETH-USD", "BTC-USD"]
 WARM_PAIR = "SOL-EUR"
 
 
-ACCESS = "ACCESS"
 MODEL_LATENCY = 1.0
 
 
-def server_seconds(api: Process, status: int) -> list[float]:
-    """How long the API took over each answer with this status (its access log)."""
-    return [
-        int(line.split()[2]) / 1e6
-        for line in api.output().splitlines()
-        if line.startswith(f"{ACCESS} {status} ")
-    ]
-
-
-def test_stampede_computes_each_pair_once_sheds_load_fast_and_hits_stay_fast(
+def test_stampede_computes_each_pair_once_answers_everyone_and_hits_stay_fast(
     start: ProcessFactory,
 ) -> None:
     api = start(
@@ -222,8 +212,8 @@ def test_stampede_computes_each_pair_once_sheds_load_fast_and_hits_stay_fast(
         PAIRS=",".join([*STAMPEDE_PAIRS, WARM_PAIR]),
         API_WORKERS="2",
         SIMULATED_MODEL_LATENCY_SECONDS=str(MODEL_LATENCY),
-        # As many computations as waiting misses (API_THREADS // 2): only the compute
-        # lock, not this bound, can then keep two requests from computing one pair.
+        # As many computations as stampeding pairs: only the compute lock can then keep
+        # two requests from computing one pair.
         MAX_CONCURRENT_COMPUTES="4",
         # No refresh runs here: a TTL longer than the test keeps the warm pair warm.
         PREDICTION_TTL_SECONDS="120",
@@ -231,47 +221,29 @@ def test_stampede_computes_each_pair_once_sheds_load_fast_and_hits_stay_fast(
         # Every hit reads Redis, so the hits below measure Redis under the stampede's
         # lock polling, not the API's in-process copy.
         NEAR_CACHE_SECONDS="0",
-        # gunicorn's own time for each request (%(D)s, microseconds), queueing excluded.
-        GUNICORN_CMD_ARGS=f"--access-logfile - --access-logformat '{ACCESS} %(s)s %(D)s'",
     )
     assert get(api, f"/predict/{WARM_PAIR}").status == 200
     paths = [f"/predict/{pair}" for pair in STAMPEDE_PAIRS] * 40
 
-    with Hammer(api, [f"/predict/{WARM_PAIR}"]) as hammer:
+    port = int(api.env["API_BIND"].rsplit(":", 1)[1])
+    # The latency of warm hits is measured from a process of its own: the burst's 160
+    # client threads here would otherwise be timed along with the API.
+    with (
+        load.probing(port, seconds=4, path=f"/predict/{WARM_PAIR}") as probe,
+        Hammer(api, [f"/predict/{WARM_PAIR}"]) as hammer,
+    ):
         wait_for(lambda: len(hammer.answers) >= 20, 10, what="warm hits flowing")
         answers = burst(api, paths)
     assert not hammer.errors, hammer.errors
     stampede_started = min(a.started for a in answers)
     stampede_ended = max(a.started + a.seconds for a in answers)
 
-    # Beyond the bound (2 processes x 4 waiting misses), a quick 503.
-    statuses = {a.status for a in answers}
-    assert statuses == {200, 503}, statuses
+    # Everyone answered, none turned away: waiting costs a greenlet, not a thread.
+    assert {a.status for a in answers} == {200}
     for path, answer in zip(paths, answers, strict=True):
-        if answer.status == 503:
-            assert answer.body["error"]["code"] == "overloaded", answer.body
-            assert answer.headers["Retry-After"] == "1"
-            assert answer.headers["Content-Type"] == "application/json"
-            # Turned away at once, not held until some computation ended.
-            assert answer.seconds < MODEL_LATENCY, (path, answer.seconds)
-        else:
-            assert answer.headers["X-Cache"] in {"MISS", "HIT"}
-            assert set(answer.body) == FIELDS and path.endswith(answer.body["pair"])
-    shed = server_seconds(api, 503)
-    assert len(shed) == sum(a.status == 503 for a in answers)
-    assert max(shed) < 0.1, sorted(shed)[-5:]
-
-    # Clients told to retry do so after Retry-After, and then get the one prediction.
-    def get_path(index: int) -> Answer:
-        return get(api, paths[index])
-
-    deadline = time.monotonic() + 20
-    while retry := [i for i, answer in enumerate(answers) if answer.status == 503]:
-        assert time.monotonic() < deadline, [answers[i].body for i in retry]
-        time.sleep(int(answers[retry[0]].headers["Retry-After"]))
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            for index, answer in zip(retry, pool.map(get_path, retry), strict=True):
-                answers[index] = answer
+        assert answer.headers["X-Cache"] in {"MISS", "HIT"}
+        assert set(answer.body) == FIELDS and path.endswith(answer.body["pair"])
+        assert answer.seconds < MODEL_LATENCY + 2.0, (path, answer.seconds)
     for pair in STAMPEDE_PAIRS:
         times = {a.body["computed_at"] for a in answers if a.body["pair"] == pair}
         assert len(times) == 1, (pair, times)
@@ -281,8 +253,9 @@ def test_stampede_computes_each_pair_once_sheds_load_fast_and_hits_stay_fast(
     during = [a for a in hammer.answers if stampede_started <= a.started <= stampede_ended]
     assert len(during) >= 20, len(during)
     assert {(a.status, a.headers["X-Cache"]) for a in during} == {(200, "HIT")}
-    p99 = percentile([a.seconds for a in during], 0.99)
-    assert p99 < 0.05, f"p99 of {len(during)} warm hits during the stampede: {p99 * 1000:.1f} ms"
+    assert set(probe["statuses"]) == {200}
+    p99 = load.percentile(probe["latencies"], 99)
+    assert p99 < 0.05, f"p99 of warm hits around the stampede: {p99 * 1000:.1f} ms"
 
 
 # --- 7. A model that fails for some pairs -------------------------------------------

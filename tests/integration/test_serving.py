@@ -9,19 +9,14 @@ by `make bench`, never here.
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from tests import load
 from tests.integration.conftest import ProcessFactory
 from tests.integration.http import computations, get
-from tests.processes import ROOT, Process
+from tests.processes import Process
 
 pytestmark = pytest.mark.integration
 
@@ -39,34 +34,13 @@ def port_of(api: Process) -> int:
     return int(api.env["API_BIND"].rsplit(":", 1)[1])
 
 
-@contextmanager
-def probing(
-    api: Process, seconds: float, path: str = "/predict/ETH-EUR"
-) -> Iterator[dict[str, list[float]]]:
-    """A well-behaved client in its own process, for ``seconds``, while the block runs."""
-    found: dict[str, list[float]] = {}
-    probe = subprocess.Popen(
-        [sys.executable, "-m", "tests.load", "probe", "--port", str(port_of(api)),
-         "--path", path, "--seconds", str(seconds), "--interval", "0.005"],
-        cwd=ROOT, stdout=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        yield found
-        out, _ = probe.communicate(timeout=seconds + 30)
-    finally:
-        if probe.poll() is None:
-            probe.kill()
-            probe.wait(5)
-    found.update(json.loads(out))
-
-
 @pytest.mark.parametrize("count", [40, 200, 1000])
 def test_a_cold_burst_is_answered_whole_by_one_computation(
     start: ProcessFactory, count: int
 ) -> None:
     api = start("api", **STEADY)
     assert get(api, "/predict/ETH-EUR").status == 200  # the warm pair the probe reads
-    with probing(api, seconds=4) as probe:
+    with load.probing(port_of(api), seconds=4) as probe:
         time.sleep(0.5)
         replies = asyncio.run(load.burst(port_of(api), "/predict/BTC-EUR", count, wave=200))
     statuses = [reply.status for reply in replies]
@@ -96,7 +70,7 @@ def test_slow_and_idle_clients_neither_starve_others_nor_stay(start: ProcessFact
             load.slow_readers(port, 100, pipelined=4, seconds=timeout + 4),
         )
 
-    with probing(api, seconds=timeout + 3) as probe:
+    with load.probing(port_of(api), seconds=timeout + 3) as probe:
         trickled, idled, _ = asyncio.run(misbehave())
     assert set(probe["statuses"]) == {200}, sorted(set(probe["statuses"]))
     p99 = load.percentile(probe["latencies"], 99)
@@ -124,7 +98,7 @@ def test_a_cpu_bound_model_does_not_hold_up_hits(start: ProcessFactory) -> None:
         **{**STEADY, "SIMULATED_MODEL_LATENCY_SECONDS": "0"},
     )
     assert get(api, "/predict/ETH-EUR").status == 200
-    with probing(api, seconds=4) as probe:
+    with load.probing(port_of(api), seconds=4) as probe:
         time.sleep(0.3)
         for pair in pairs[1:]:  # one 200 ms CPU-bound computation after another
             assert get(api, f"/predict/{pair}").status == 200

@@ -674,3 +674,10 @@ def test_no_secrets_in_deployment_files(name: str) -> None:
 )
 def test_secret_patterns_tell_secrets_from_plain_config(sample: str, secret: bool) -> None:
     assert any(p.search(sample) for p in SECRET_PATTERNS.values()) is secret
+
+
+def test_compose_publishes_the_api_on_the_hosts_loopback_only(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    entries = [str(entry) for entry in services["api"].get("ports") or []]
+    assert entries and all(entry.startswith("127.0.0.1:") for entry in entries)
