@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -190,8 +191,12 @@ def varnish_or_skip() -> str | None:
 
 def test_varnish_is_installed() -> None:
     """Without Varnish the tests below run the client-side caches only: say so."""
-    if varnish_or_skip() is None:
+    varnishd = varnish_or_skip()
+    if varnishd is None:
         pytest.skip(f"{VARNISH_MISSING}: the tests below leave it out")
+    version = subprocess.run([varnishd, "-V"], capture_output=True, text=True, timeout=30)
+    # docs/http-caching.md describes Varnish 7's builtin VCL.
+    assert re.search(r"varnish-7\.", version.stdout + version.stderr), version
 
 
 def start_varnish(varnishd: str, backend: str, tmp_path: Path) -> tuple[Process, str]:
