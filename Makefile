@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback bench bench-quick wrk nginx lint format typecheck clean
+.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback bench bench-quick wrk nginx varnish lint format typecheck clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -81,6 +81,15 @@ nginx: ## Install nginx, for the edge-cache test (Debian's nginx-light or nginx;
 			|| DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }; \
 	else \
 		echo "tests/integration/test_edge.py needs nginx: run 'sudo apt-get install nginx-light' (Debian/Ubuntu; 'nginx' where there is no nginx-light) or install nginx otherwise" >&2; \
+		exit 1; \
+	fi
+
+varnish: ## Install Varnish, for the HTTP-cache tests (Debian's varnish; apt-get as root)
+	@command -v varnishd >/dev/null || [ -x /usr/sbin/varnishd ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq varnish >/dev/null; \
+	else \
+		echo "tests/integration/test_http_caches.py needs Varnish: run 'sudo apt-get install varnish' (Debian/Ubuntu) or install Varnish 7 otherwise" >&2; \
 		exit 1; \
 	fi
 

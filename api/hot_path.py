@@ -83,7 +83,7 @@ class HotPath:
         headers = [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),
-            *caching_headers(prediction, now, self.grace).items(),
+            *caching_headers(prediction, now, self.grace, stale=False).items(),
             ("X-Cache", _HIT),
         ]
         prepared = self._prepared[prediction.pair] = (prediction, second, headers, body)

@@ -12,7 +12,7 @@ from werkzeug.exceptions import BadRequest, HTTPException
 
 from api import observe
 from api.errors import InvalidPair, Unavailable, UnknownPair
-from api.http_caching import caching_headers
+from api.http_caching import caching_headers, matches
 from api.openapi import BATCH_PATTERN, MAX_BATCH, openapi_document
 from predictions import heartbeat, keys, metrics
 from predictions.cache import Outcome, PredictionCache
@@ -61,17 +61,18 @@ def predict(pair: str) -> Response:
     lookup = state.cache.get(configured_pair(pair, state.pairs))
     prediction = lookup.prediction
     now = state.cache.clock()
-    headers = caching_headers(prediction, now, state.settings.stale_grace_seconds)
+    stale = lookup.outcome is Outcome.STALE
+    headers = caching_headers(prediction, now, state.settings.stale_grace_seconds, stale)
     headers["X-Cache"] = lookup.outcome.value
     environ[observe.PAIR] = prediction.pair
     environ[observe.OUTCOME] = lookup.metric_outcome
     environ[observe.AGE] = round(now - prediction.computed_at, 3)
-    # Parsed only when sent: most requests carry no validator.
-    if request.environ.get("HTTP_IF_NONE_MATCH") and request.if_none_match.contains(
-        headers["ETag"].strip('"')
-    ):
+    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+    if if_none_match and matches(if_none_match, headers["ETag"]):
+        # The headers a 200 would carry now (Werkzeug leaves out Last-Modified, as RFC
+        # 9110 advises for a 304 with an ETag): a cache updates its copy with them.
         response = Response(status=304, headers=headers)
-    elif lookup.outcome is Outcome.STALE:
+    elif stale:
         body = orjson.dumps(prediction.to_dict() | {"stale": True})
         response = Response(body, mimetype="application/json", headers=headers)
     else:
@@ -162,7 +163,8 @@ def prometheus_metrics() -> Response:
         return computed, heartbeat.read_beat_tick(store.redis)
 
     collector = metrics.FreshnessCollector(read_freshness, state.cache.clock, state.settings.pairs)
-    return Response(metrics.exposition(collector), mimetype=metrics.CONTENT_TYPE)
+    # content_type, not mimetype: Flask would add a second charset to the complete type.
+    return Response(metrics.exposition(collector), content_type=metrics.CONTENT_TYPE)
 
 
 @bp.get("/openapi.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 from predictions.market_data import PriceWindow
@@ -55,3 +56,30 @@ class NanModel:
 
     def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int) -> float:
         return float("nan")
+
+
+# RFC 9110 (5.6.2, 5.6.4, 8.3.1): token, quoted-string, and a media type's parameters.
+_TCHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_PARAMETER = re.compile(rf"[ \t]*;[ \t]*({_TCHARS})=({_TCHARS}|{_QUOTED})")
+
+
+def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
+    """A Content-Type value, parsed as strictly as Go's mime.ParseMediaType (which
+    Prometheus uses): ``type/subtype`` and its parameters, each name at most once
+    (case-insensitively). Raises ValueError on anything else."""
+    head = re.match(rf"({_TCHARS})/({_TCHARS})", value)
+    if head is None:
+        raise ValueError(f"not a media type: {value!r}")
+    parameters: dict[str, str] = {}
+    position = head.end()
+    while position < len(value):
+        found = _PARAMETER.match(value, position)
+        if found is None:
+            raise ValueError(f"bad parameters in {value!r} at {value[position:]!r}")
+        name = found[1].lower()
+        if name in parameters:
+            raise ValueError(f"parameter {name!r} repeated in {value!r}")
+        parameters[name] = found[2].strip('"')
+        position = found.end()
+    return f"{head[1]}/{head[2]}".lower(), parameters

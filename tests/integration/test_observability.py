@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.conftest import TEST_PAIRS, TEST_TTL, ProcessFactory
 from tests.integration.http import get, log_records
 from tests.processes import Process, free_port, wait_for
+from tests.support import parse_media_type
 
 pytestmark = pytest.mark.integration
 
@@ -23,6 +24,10 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def scrape(url: str) -> Samples:
     response = urllib3.request("GET", url, timeout=5, retries=False)
     assert response.status == 200, response.data[:200]
+    # One Content-Type, as strict scrapers parse it (a repeated parameter fails them).
+    [content_type] = response.headers.getlist("Content-Type")
+    media_type, parameters = parse_media_type(content_type)
+    assert media_type == "text/plain" and parameters["charset"] == "utf-8", content_type
     samples: Samples = {}
     for family in text_string_to_metric_families(response.data.decode()):
         for sample in family.samples:

@@ -69,8 +69,8 @@ def test_over_three_ttls_every_request_is_a_hit(
 
 
 def test_forty_concurrent_cold_requests_compute_once(start: ProcessFactory) -> None:
-    # Enough threads that no request is turned away by the bound on waiting misses.
-    api = start("api", API_THREADS="96")
+    # As shipped: a burst is never turned away (see also test_serving.py).
+    api = start("api")
     with ThreadPoolExecutor(max_workers=40) as pool:
         answers = list(pool.map(lambda _: get(api, "/predict/ETH-EUR"), range(40)))
     assert [a.status for a in answers] == [200] * 40

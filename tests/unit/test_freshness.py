@@ -8,6 +8,7 @@ import dataclasses
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from email.utils import parsedate_to_datetime
 
 import fakeredis
 import pytest
@@ -99,47 +100,74 @@ def _settle(app: Flask) -> None:
     assert _cache(app).refresher.wait_idle(5), "a background refresh did not finish"
 
 
-def _max_age(cache_control: str) -> int:
-    return int(cache_control.split(",")[0].removeprefix("max-age="))
+def _directives(cache_control: str) -> dict[str, int]:
+    return {
+        name: int(value)
+        for name, _, value in (item.strip().partition("=") for item in cache_control.split(","))
+    }
 
 
 def test_every_stage_of_a_prediction_has_exactly_its_headers(
     app: Flask, client: FlaskClient, clock: Clock, model: SwitchModel
 ) -> None:
-    # Just computed (a miss computes it now).
+    # Just computed (a miss computes it now): fresh for its whole lifetime, never stale.
     first = client.get("/predict/ETH-EUR")
     assert first.status_code == 200 and first.headers["X-Cache"] == "MISS"
-    cache_control = f"max-age={TTL}, stale-while-revalidate={GRACE}, stale-if-error={GRACE}"
-    assert first.headers["Cache-Control"] == cache_control
-    assert first.headers["Age"] == "0"
+    assert first.headers["Cache-Control"] == (
+        f"max-age={TTL}, stale-while-revalidate=0, stale-if-error=0"
+    )
+    assert "Age" not in first.headers
+    assert parsedate_to_datetime(first.headers["Expires"]).timestamp() == START + TTL
+    assert parsedate_to_datetime(first.headers["Last-Modified"]).timestamp() == START
     assert first.headers["X-Accel-Expires"] == f"@{int(START + TTL) - 1}"
     etag = first.headers["ETag"]
     body = first.get_json()
     assert "stale" not in body
 
-    # Mid-life: a hit; max-age minus Age is the freshness left.
+    # Mid-life: a hit; max-age is the freshness left, rounded down.
     clock.now = START + 12.5
     mid = client.get("/predict/ETH-EUR")
     assert mid.headers["X-Cache"] == "HIT"
-    assert mid.headers["Cache-Control"] == cache_control
-    assert _max_age(mid.headers["Cache-Control"]) - int(mid.headers["Age"]) == TTL - 12
+    assert _directives(mid.headers["Cache-Control"])["max-age"] == TTL - 13
+    assert parsedate_to_datetime(mid.headers["Expires"]).timestamp() == START + TTL - 1
     assert mid.headers["ETag"] == etag and mid.get_json() == body
+    # A 304 carries what the 200 carries at that instant.
+    same = client.get("/predict/ETH-EUR", headers={"If-None-Match": etag})
+    assert same.status_code == 304
+    for name in ("Cache-Control", "Expires", "ETag", "X-Accel-Expires", "X-Cache"):
+        assert same.headers[name] == mid.headers[name], name
 
-    # Past fresh, within grace: the same prediction, marked stale, at once.
+    # Past fresh, within grace: the same prediction, marked stale, at once, with its
+    # own validators; a cache may reuse it for a second and serve it until the grace
+    # ends while it revalidates.
     model.gate.clear()  # hold the background recomputation
     clock.now = START + TTL + 5
     stale = client.get("/predict/ETH-EUR")
     assert stale.status_code == 200 and stale.headers["X-Cache"] == "STALE"
     assert stale.get_json() == body | {"stale": True}
-    assert int(stale.headers["Age"]) - _max_age(stale.headers["Cache-Control"]) == 5
-    assert stale.headers["ETag"] == etag
+    left = GRACE - 5
+    assert _directives(stale.headers["Cache-Control"]) == {
+        "max-age": 1,
+        "stale-while-revalidate": left - 1,
+        "stale-if-error": left - 1,
+    }
+    assert stale.headers["ETag"] != etag
+    assert parsedate_to_datetime(stale.headers["Last-Modified"]).timestamp() == START + TTL
+    # The fresh body's validator no longer matches: a cache holding it gets the stale one.
+    revalidated = client.get("/predict/ETH-EUR", headers={"If-None-Match": etag})
+    assert revalidated.status_code == 200 and revalidated.get_json()["stale"] is True
+    again_stale = client.get("/predict/ETH-EUR", headers={"If-None-Match": stale.headers["ETag"]})
+    assert again_stale.status_code == 304
+    for name in ("Cache-Control", "Expires", "ETag", "X-Accel-Expires", "X-Cache"):
+        assert again_stale.headers[name] == stale.headers[name], name
     model.gate.set()
     _settle(app)
     # The background recomputation landed: fresh again, a new ETag.
     assert model.calls == ["ETH-EUR", "ETH-EUR"]
     again = client.get("/predict/ETH-EUR")
-    assert again.headers["X-Cache"] == "HIT" and again.headers["ETag"] != etag
-    assert again.headers["Age"] == "0"
+    assert again.headers["X-Cache"] == "HIT"
+    assert again.headers["ETag"] not in (etag, stale.headers["ETag"])
+    assert _directives(again.headers["Cache-Control"])["max-age"] == TTL
 
     # Past grace, with the model failing: never served; 503 with Retry-After.
     model.failing = True

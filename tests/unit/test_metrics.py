@@ -8,7 +8,9 @@ import redis
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from predictions import metrics
 from predictions.heartbeat import write_beat_tick
+from tests.support import parse_media_type
 
 
 def scrape(client: FlaskClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -20,6 +22,37 @@ def scrape(client: FlaskClient) -> dict[tuple[str, tuple[tuple[str, str], ...]],
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+def test_metrics_has_one_well_formed_content_type(client: FlaskClient) -> None:
+    answer = client.get("/metrics")
+    [value] = answer.headers.getlist("Content-Type")
+    media_type, parameters = parse_media_type(value)
+    assert media_type == "text/plain"
+    assert parameters["charset"] == "utf-8"
+    # The format prometheus_client wrote the body in, as it names it.
+    assert value == metrics.CONTENT_TYPE
+    assert "version" in parameters
+
+
+def test_the_strict_parser_refuses_what_strict_scrapers_refuse() -> None:
+    assert parse_media_type('text/plain; version=1.0.0; charset="utf-8"') == (
+        "text/plain",
+        {"version": "1.0.0", "charset": "utf-8"},
+    )
+    for bad in (
+        "text/plain; version=1.0.0; charset=utf-8; charset=utf-8",
+        "text/plain; Charset=utf-8; charset=utf-8",
+        "text/plain;",
+        "text/plain; charset",
+        "text plain",
+        "text/plain; charset=utf 8",
+    ):
+        try:
+            parse_media_type(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad!r}")
 
 
 def requests(samples: dict, outcome: str) -> float:  # type: ignore[type-arg]
