@@ -104,5 +104,8 @@ def test_a_cpu_bound_model_does_not_hold_up_hits(start: ProcessFactory) -> None:
             assert get(api, f"/predict/{pair}").status == 200
     assert all(computations(api, pair) == 1 for pair in pairs)
     assert set(probe["statuses"]) == {200}
+    # On the loop, each computation would hold every hit for its whole 200 ms (half the
+    # probe's samples); beside it, a hit waits a GIL switch or a few, tens of ms at most
+    # on a loaded machine (about 10 ms on a quiet one).
     p99 = load.percentile(probe["latencies"], 99)
-    assert p99 < 0.05, f"hit p99 {p99 * 1000:.1f} ms while the model computed"
+    assert p99 < 0.1, f"hit p99 {p99 * 1000:.1f} ms while the model computed"
