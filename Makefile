@@ -87,7 +87,7 @@ nginx: ## Install nginx, for the edge-cache test (Debian's nginx-light or nginx;
 bench: $(VENV)/.bench-installed wrk ## Full benchmark against the baselines (~20 min); writes docs/performance.md and .png
 	$(BIN)/python -m scripts.bench.run
 
-bench-quick: $(VENV)/.bench-installed wrk ## Short benchmark (< 2 min, CI): prints the table, writes .run/bench/ only
+bench-quick: $(VENV)/.bench-installed wrk ## Short benchmark (about 3 min, CI): prints the tables, writes .run/bench/ only
 	$(BIN)/python -m scripts.bench.run --quick
 
 lint: dev ## ruff check, ruff format --check and mypy

@@ -244,7 +244,7 @@ def scaling_phase(
             f"vs 4 pairs {[round(r.rps) for r in point.reference_loads]} "
             f"({point.random_rps_vs_reference or 0:.2f}x)  "
             f"misses {sum(r.misses for r in measured)}  "
-            f"workers filled {point.warmed_workers}  "
+            f"workers that read every pair {point.warmed_workers} in {point.fill_seconds:.1f} s  "
             f"API RSS {[round(m, 1) for m in point.api_rss_mib]} MiB  "
             f"pool RSS {[round(m, 1) for m in point.pool_rss_mib]} MiB"
         )

@@ -242,7 +242,7 @@ def scale_table(results: Results) -> Table:
                 _rps(point.reference_loads),
                 _ratio(point.random_rps_vs_reference),
                 f"{point.load.rps:,.0f}",
-                str(point.warmed_workers),
+                f"{point.warmed_workers} in {point.fill_seconds:.1f} s",
                 " / ".join(f"{m:.0f}" for m in point.api_rss_mib),
                 " / ".join(f"{m:.0f}" for m in point.pool_rss_mib),
             ]
@@ -262,7 +262,7 @@ def scale_table(results: Results) -> Table:
             "4-pair API req/s",
             "at random vs 4 pairs",
             "req/s in turn",
-            "workers filled",
+            "workers that read every pair",
             "API worker RSS MiB",
             "pool RSS MiB",
         ],

@@ -81,8 +81,10 @@ class ScalePoint:
     # random, and the 4-pair API for its 4 (empty: no reference at this point).
     random_loads: list[WrkResult] = dataclasses.field(default_factory=list)
     reference_loads: list[WrkResult] = dataclasses.field(default_factory=list)
-    # API worker processes that held a copy of every pair before the measurements.
+    # API worker processes that read every pair before the measurements, and how long
+    # that took (each worker's first read of a pair goes to Redis).
     warmed_workers: int = 0
+    fill_seconds: float = 0.0
 
     @property
     def refresh_median(self) -> float:

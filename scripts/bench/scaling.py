@@ -35,8 +35,12 @@ POLL_SECONDS = 0.005
 # An expiry longer than any point takes to measure (the driver sends the refreshes, not
 # beat): every request measured is a hit, none waits for an early or a late refresh.
 SETTINGS = {"SIMULATED_MODEL_LATENCY_SECONDS": "0", "PREDICTION_TTL_SECONDS": "3600"}
-# New connections tried until every API worker process holds one (the kernel picks).
-FILL_ATTEMPTS = 40
+# Keep-alive connections per API worker process that walk every pair between them (one
+# per this many pairs, up to the most), and how many new connections may be tried per
+# one kept (the kernel picks the worker).
+FILL_PAIRS_PER_CONNECTION = 250
+FILL_CONNECTIONS = 4
+FILL_ATTEMPTS_PER_CONNECTION = 5
 # A process starts following the write feed on its first request; this covers the
 # subscription (one round trip), so that the copies read after it are kept current.
 FOLLOW_START_SECONDS = 0.5
@@ -104,14 +108,17 @@ def fill_near_copies(target: Target, pairs: Sequence[str]) -> int:
 
     A process keeps a near copy current from the write feed only once it holds one (it
     read the pair from Redis itself), so with N pairs a worker answers every pair from
-    memory only after it was asked for each. One keep-alive connection per worker (the
-    worker found in the kernel's socket table) walks every pair.
+    memory only after it was asked for each, as it would in time under random clients.
+    Here at once: a few keep-alive connections per worker (each connection's worker
+    found in the kernel's socket table), each walking a share of the pairs, so that a
+    worker's Redis reads overlap.
     """
     workers = {process.pid for process in probes.worker_processes(target.server.pid)}
-    held: dict[int, http.client.HTTPConnection] = {}
+    per_worker = max(1, min(FILL_CONNECTIONS, len(pairs) // FILL_PAIRS_PER_CONNECTION))
+    held: dict[int, list[http.client.HTTPConnection]] = {pid: [] for pid in workers}
     try:
-        for _ in range(FILL_ATTEMPTS):
-            if len(held) == len(workers):
+        for _ in range(FILL_ATTEMPTS_PER_CONNECTION * per_worker * len(workers)):
+            if all(len(found) == per_worker for found in held.values()):
                 break
             connection = http.client.HTTPConnection("127.0.0.1", target.port, timeout=15)
             pid = None
@@ -121,17 +128,26 @@ def fill_near_copies(target: Target, pairs: Sequence[str]) -> int:
                     client_port = connection.sock.getsockname()[1]
                     pid = probes.worker_holding(target.server.pid, target.port, client_port)
             finally:
-                if pid is None or pid in held:
+                wanted = pid in held and len(held[pid]) < per_worker
+                if not wanted:
                     connection.close()
-            if pid is not None and pid not in held:
-                held[pid] = connection
+            if wanted and pid is not None:
+                held[pid].append(connection)
         time.sleep(FOLLOW_START_SECONDS)
-        with ThreadPoolExecutor(max_workers=max(1, len(held))) as pool:
-            list(pool.map(lambda connection: _walk(target, connection, pairs), held.values()))
+        walks = [
+            (connection, pairs[number :: len(found)])
+            for found in held.values()
+            for number, connection in enumerate(found)
+        ]
+        with ThreadPoolExecutor(max_workers=max(1, len(walks))) as pool:
+            list(pool.map(lambda walk: _walk(target, *walk), walks))
     finally:
-        for connection in held.values():
-            connection.close()
-    return len(held)
+        for found in held.values():
+            for connection in found:
+                connection.close()
+    # A worker that took fewer connections still read every pair (its connections share
+    # them all); one that took none read nothing, and is not counted.
+    return sum(1 for found in held.values() if found)
 
 
 def _walk(target: Target, connection: http.client.HTTPConnection, pairs: Sequence[str]) -> None:
@@ -193,7 +209,9 @@ def measure_point(
         per_pair = probes.mean_key_bytes(
             target.redis, [prediction_key(p, OURS_VERSION) for p in pairs]
         )
+        filling = time.perf_counter()
         warmed = fill_near_copies(target, pairs)
+        fill_seconds = time.perf_counter() - filling
         if reference is not None:
             fill_near_copies(reference, reference_pairs)
         hits: list[wrk.WrkResult] = []
@@ -245,6 +263,7 @@ def measure_point(
             random_loads=random_loads,
             reference_loads=reference_loads,
             warmed_workers=warmed,
+            fill_seconds=fill_seconds,
         )
     finally:
         refresher.close()
