@@ -367,12 +367,13 @@ def _notes() -> list[str]:
         "- **Scaling.** Our worker and API with N pairs, no beat, "
         "`SIMULATED_MODEL_LATENCY_SECONDS=0`: the driver sends `predictions.refresh_all` "
         "and polls Redis (DBSIZE) until every pair is written; the first refresh (which "
-        "loads the model in every pool process) is not timed. Then each API worker process "
-        "reads every pair once (one keep-alive connection per worker), as random clients "
-        "would in time, and the N-pair API is measured side by side with an API of the 4 "
-        "default pairs on the same cache: latency one request at a time (pairs in turn), "
-        "throughput with `wrk -t2 -c32` (pairs at random). RSS is read last, after a load "
-        "run across every pair in turn.",
+        "loads the model in every pool process) is not timed. Then every API worker process "
+        "reads every pair (`GET /predict?pairs=`, 100 a request) and serves each once "
+        "(`GET /predict/<pair>`, pipelined), on one keep-alive connection per worker, as "
+        "random clients would in time; then the N-pair API is measured side by side with an "
+        "API of the 4 default pairs on the same cache: latency one request at a time (pairs "
+        "in turn), throughput with `wrk -t2 -c32` (pairs at random). RSS is read last, "
+        "after a load run across every pair in turn.",
         "",
     ]
 

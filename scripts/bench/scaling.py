@@ -14,6 +14,8 @@ API configured with the 4 default pairs, on the same cache: one request at a tim
 from __future__ import annotations
 
 import http.client
+import json
+import socket
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,12 +37,12 @@ POLL_SECONDS = 0.005
 # An expiry longer than any point takes to measure (the driver sends the refreshes, not
 # beat): every request measured is a hit, none waits for an early or a late refresh.
 SETTINGS = {"SIMULATED_MODEL_LATENCY_SECONDS": "0", "PREDICTION_TTL_SECONDS": "3600"}
-# Keep-alive connections per API worker process that walk every pair between them (one
-# per this many pairs, up to the most), and how many new connections may be tried per
-# one kept (the kernel picks the worker).
-FILL_PAIRS_PER_CONNECTION = 250
-FILL_CONNECTIONS = 4
-FILL_ATTEMPTS_PER_CONNECTION = 5
+# New connections tried per API worker process until each holds one (the kernel picks),
+# and the pairs asked per request (GET /predict?pairs= takes up to api.openapi.MAX_BATCH).
+FILL_ATTEMPTS_PER_WORKER = 20
+FILL_BATCH = 100
+# Requests written at once when every pair is then asked alone (pipelined).
+FILL_DEPTH = 100
 # A process starts following the write feed on its first request; this covers the
 # subscription (one round trip), so that the copies read after it are kept current.
 FOLLOW_START_SECONDS = 0.5
@@ -104,63 +106,109 @@ def _still_missing(cache: redis.Redis, keys: list[str]) -> list[str]:
 
 
 def fill_near_copies(target: Target, pairs: Sequence[str]) -> int:
-    """Have every API worker process read every pair once; return how many did.
+    """Have every API worker process read, then serve, every pair; return how many did.
 
     A process keeps a near copy current from the write feed only once it holds one (it
     read the pair from Redis itself), so with N pairs a worker answers every pair from
-    memory only after it was asked for each, as it would in time under random clients.
-    Here at once: a few keep-alive connections per worker (each connection's worker
-    found in the kernel's socket table), each walking a share of the pairs, so that a
-    worker's Redis reads overlap.
+    memory only after it was asked for each, as it would in time under random clients;
+    and it keeps a little per pair it has served (prepared headers, a metric's label).
+    Here at once, on one keep-alive connection per worker (its worker found in the
+    kernel's socket table): every pair through the batch endpoint, whose one Redis read
+    per batch keeps a copy of each pair exactly as a single read does, then every pair
+    asked alone, so that the RSS read later is a worker's whole cost of N pairs.
     """
     workers = {process.pid for process in probes.worker_processes(target.server.pid)}
-    per_worker = max(1, min(FILL_CONNECTIONS, len(pairs) // FILL_PAIRS_PER_CONNECTION))
-    held: dict[int, list[http.client.HTTPConnection]] = {pid: [] for pid in workers}
+    held: dict[int, http.client.HTTPConnection] = {}
     try:
-        for _ in range(FILL_ATTEMPTS_PER_CONNECTION * per_worker * len(workers)):
-            if all(len(found) == per_worker for found in held.values()):
+        for _ in range(FILL_ATTEMPTS_PER_WORKER * len(workers)):
+            if len(held) == len(workers):
                 break
             connection = http.client.HTTPConnection("127.0.0.1", target.port, timeout=15)
             pid = None
             try:
-                _ask(target, connection, pairs[0])  # answered: a worker has accepted it
+                _ask(target, connection, f"/predict/{pairs[0]}")  # answered: accepted
                 if connection.sock is not None:
                     client_port = connection.sock.getsockname()[1]
                     pid = probes.worker_holding(target.server.pid, target.port, client_port)
             finally:
-                wanted = pid in held and len(held[pid]) < per_worker
-                if not wanted:
+                if pid is None or pid in held:
                     connection.close()
-            if wanted and pid is not None:
-                held[pid].append(connection)
+            if pid is not None and pid not in held:
+                held[pid] = connection
         time.sleep(FOLLOW_START_SECONDS)
-        walks = [
-            (connection, pairs[number :: len(found)])
-            for found in held.values()
-            for number, connection in enumerate(found)
+        batches = [
+            "/predict?pairs=" + ",".join(pairs[start : start + FILL_BATCH])
+            for start in range(0, len(pairs), FILL_BATCH)
         ]
-        with ThreadPoolExecutor(max_workers=max(1, len(walks))) as pool:
-            list(pool.map(lambda walk: _walk(target, *walk), walks))
+        singles = [f"/predict/{pair}" for pair in pairs]
+
+        def fill(connection: http.client.HTTPConnection) -> None:
+            _walk(target, connection, batches)
+            if connection.sock is None:  # http.client closed it: the server said so
+                raise StartFailed(f"{target.title}: connection closed while filling")
+            _walk_pipelined(target, connection.sock, singles)
+
+        with ThreadPoolExecutor(max_workers=max(1, len(held))) as pool:
+            list(pool.map(fill, held.values()))
     finally:
-        for found in held.values():
-            for connection in found:
-                connection.close()
-    # A worker that took fewer connections still read every pair (its connections share
-    # them all); one that took none read nothing, and is not counted.
-    return sum(1 for found in held.values() if found)
+        for connection in held.values():
+            connection.close()
+    return len(held)
 
 
-def _walk(target: Target, connection: http.client.HTTPConnection, pairs: Sequence[str]) -> None:
-    for pair in pairs:
-        _ask(target, connection, pair)
+def _walk(target: Target, connection: http.client.HTTPConnection, paths: Sequence[str]) -> None:
+    for path in paths:
+        _ask(target, connection, path)
 
 
-def _ask(target: Target, connection: http.client.HTTPConnection, pair: str) -> None:
-    connection.request("GET", f"/predict/{pair}")
+def _walk_pipelined(target: Target, sock: socket.socket, paths: Sequence[str]) -> None:
+    """GET every path on one open connection, FILL_DEPTH requests written at a time.
+
+    HTTP/1.1 pipelining, which gunicorn serves in order: one request at a time would
+    cost a round trip through this driver's Python for each of N pairs per worker.
+    Hand-rolled because http.client cannot pipeline; every answer must be a 200.
+    """
+    request = f"GET {{}} HTTP/1.1\r\nHost: 127.0.0.1:{target.port}\r\n\r\n"
+    buffer = b""
+    for start in range(0, len(paths), FILL_DEPTH):
+        chunk = paths[start : start + FILL_DEPTH]
+        sock.sendall("".join(request.format(path) for path in chunk).encode())
+        answered = 0
+        while answered < len(chunk):
+            end = buffer.find(b"\r\n\r\n")
+            length = _content_length(buffer[:end]) if end >= 0 else None
+            if length is None or len(buffer) < end + 4 + length:
+                received = sock.recv(1 << 16)
+                if not received:
+                    raise StartFailed(f"{target.title}: connection closed while filling")
+                buffer += received
+                continue
+            status = buffer.split(b" ", 2)[1]
+            if status != b"200":
+                raise StartFailed(f"{target.title}: a pair answered {status!r} while filling")
+            buffer = buffer[end + 4 + length :]
+            answered += 1
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return None
+
+
+def _ask(target: Target, connection: http.client.HTTPConnection, path: str) -> None:
+    connection.request("GET", path)
     response = connection.getresponse()
-    response.read()
+    body = response.read()
     if response.status != 200:
-        raise StartFailed(f"{target.title}: {pair} answered {response.status} while warming")
+        raise StartFailed(f"{target.title}: {path[:60]} answered {response.status} while filling")
+    if path.startswith("/predict?"):
+        # A batch answers 200 whatever each pair's status: every one must be fresh.
+        statuses = {item.get("status") for item in json.loads(body)["items"]}
+        if statuses != {"fresh"}:
+            raise StartFailed(f"{target.title}: a batch while filling found {statuses}")
 
 
 def measure_point(

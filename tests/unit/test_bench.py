@@ -9,7 +9,9 @@ from __future__ import annotations
 import http.server
 import itertools
 import shutil
+import socket
 import threading
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -30,7 +32,8 @@ from scripts.bench.results import (
     ScalePoint,
     SteadyRun,
 )
-from scripts.bench.targets import base_env, expected_worker, gunicorn_argv
+from scripts.bench.scaling import _walk_pipelined
+from scripts.bench.targets import StartFailed, base_env, expected_worker, gunicorn_argv
 
 # A real run: wrk 4.1.0 -t2 -c32 -d2s with spread.lua against the constant-JSON floor.
 WRK_OUTPUT = """\
@@ -265,6 +268,45 @@ def test_baselines_run_gthread_and_ours_runs_its_config_as_shipped() -> None:
             "--worker-connections": "1000",
         }
         assert expected_worker(baseline) == "gthread"
+
+
+def test_fill_asks_batches_the_api_accepts() -> None:
+    from api.openapi import MAX_BATCH
+    from scripts.bench.scaling import FILL_BATCH
+
+    assert 1 < FILL_BATCH <= MAX_BATCH
+
+
+def _pipelined_server(sock: socket.socket, statuses: list[int]) -> None:
+    """Answer len(statuses) pipelined requests, each answer split across writes."""
+    received = b""
+    while received.count(b"\r\n\r\n") < len(statuses):
+        received += sock.recv(1 << 16)
+    answers = b"".join(
+        f"HTTP/1.1 {status} X\r\nContent-Length: 7\r\nX-Cache: HIT\r\n\r\n{{'a':1}}".encode()
+        for status in statuses
+    )
+    for start in range(0, len(answers), 13):  # odd pieces: heads and bodies cut anywhere
+        sock.sendall(answers[start : start + 13])
+
+
+@pytest.mark.parametrize(("statuses", "error"), [([200] * 5, None), ([200, 200, 404], "b'404'")])
+def test_walk_pipelined_reads_every_answer(statuses: list[int], error: str | None) -> None:
+    client, server = socket.socketpair()
+    target = types.SimpleNamespace(title="stub", port=1)
+    thread = threading.Thread(target=_pipelined_server, args=(server, statuses), daemon=True)
+    thread.start()
+    paths = [f"/predict/P{i}-USD" for i in range(len(statuses))]
+    try:
+        if error is None:
+            _walk_pipelined(target, client, paths)  # type: ignore[arg-type]
+        else:
+            with pytest.raises(StartFailed, match=error):
+                _walk_pipelined(target, client, paths)  # type: ignore[arg-type]
+    finally:
+        thread.join(5)
+        client.close()
+        server.close()
 
 
 def test_targets_inherit_none_of_the_drivers_settings(monkeypatch: pytest.MonkeyPatch) -> None:
