@@ -118,6 +118,10 @@ def hit_phase(
         )
 
     targets = start_targets(plan.targets, build, "hits", started)
+    log(
+        "gunicorn workers, as each logged at start-up: "
+        + ", ".join(f"{n} {t.worker_class}" for n, t in targets.items() if t.worker_class)
+    )
     for number in range(plan.rounds):
         order = rotated(plan.targets, number)
         for name in order:
