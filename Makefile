@@ -96,7 +96,7 @@ varnish: ## Install Varnish, for the HTTP-cache tests (Debian's varnish; apt-get
 bench: $(VENV)/.bench-installed wrk ## Full benchmark against the baselines (~20 min); writes docs/performance.md and .png
 	$(BIN)/python -m scripts.bench.run
 
-bench-quick: $(VENV)/.bench-installed wrk ## Short benchmark (< 2 min, CI): prints the table, writes .run/bench/ only
+bench-quick: $(VENV)/.bench-installed wrk ## Short benchmark (about 3 min, CI): prints the tables, writes .run/bench/ only
 	$(BIN)/python -m scripts.bench.run --quick
 
 lint: dev ## ruff check, ruff format --check and mypy

@@ -39,6 +39,20 @@ def connection_split(main_pid: int, port: int) -> list[int]:
     return sorted(counts, reverse=True)
 
 
+def worker_holding(main_pid: int, port: int, client_port: int) -> int | None:
+    """The PID of the worker process that holds the client connection from
+    ``client_port`` to ``port`` (None: no worker holds it, or it is already gone)."""
+    for process in worker_processes(main_pid):
+        try:
+            connections = process.net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            continue
+        for c in connections:
+            if c.laddr and c.laddr.port == port and c.raddr and c.raddr.port == client_port:
+                return int(process.pid)
+    return None
+
+
 def rss_mb(main_pid: int) -> list[float]:
     """Resident memory of each worker process, in MiB."""
     sizes = []

@@ -22,9 +22,12 @@ from scripts.bench.results import (
     HitRun,
     Results,
 )
+from scripts.bench.wrk import WrkResult
 
-# The settings row that holds gunicorn's whole configuration, shown as code.
-GUNICORN_SETTINGS = "gunicorn (every gunicorn target)"
+# The settings rows that hold gunicorn's whole configuration, shown as code.
+GUNICORN_OURS = "gunicorn (ours, gunicorn.conf.py as shipped)"
+GUNICORN_BASELINES = "gunicorn (Flask-Caching and the floors)"
+GUNICORN_SETTINGS = (GUNICORN_OURS, GUNICORN_BASELINES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +66,10 @@ def _ratio(value: float | None) -> str:
 
 def _median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def _rps(runs: Sequence[WrkResult]) -> str:
+    return " / ".join(f"{run.rps:,.0f}" for run in runs) or "-"
 
 
 def _split(runs: Sequence[HitRun]) -> str:
@@ -139,6 +146,29 @@ def rounds_table(results: Results) -> Table:
     )
 
 
+def throughput_rounds_table(results: Results) -> Table:
+    """Each target's hit throughput round by round, and its slowest round's share."""
+    rows = []
+    for target in results.targets:
+        runs = results.hit_runs(target)
+        if not runs:
+            continue
+        slowest = results.slowest_round(target)
+        rows.append(
+            [
+                TITLES[target],
+                " / ".join(f"{r.load.rps:,.0f}" for r in runs),
+                "-" if slowest is None else f"{slowest:.2f}x",
+                _split(runs),
+            ]
+        )
+    return Table(
+        "hit throughput, round by round (interleaved; connections per worker mid-run)",
+        ["target", "req/s per round", "slowest / median", "connections per worker"],
+        rows,
+    )
+
+
 def stampede_table(results: Results) -> Table:
     rows = []
     for target in results.targets:
@@ -208,13 +238,17 @@ def scale_table(results: Results) -> Table:
                 _ms(point.hit_p50_ms),
                 _ratio(point.hit_p50_vs_reference),
                 _ratio(point.same_pairs_p50_vs_reference),
+                _rps(point.random_loads),
+                _rps(point.reference_loads),
+                _ratio(point.random_rps_vs_reference),
                 f"{point.load.rps:,.0f}",
+                f"{point.warmed_workers} in {point.fill_seconds:.1f} s",
                 " / ".join(f"{m:.0f}" for m in point.api_rss_mib),
                 " / ".join(f"{m:.0f}" for m in point.pool_rss_mib),
             ]
         )
     return Table(
-        "pairs scaling, model latency 0",
+        "pairs scaling, model latency 0 (lists are per round)",
         [
             "pairs",
             "refresh s (median)",
@@ -224,7 +258,11 @@ def scale_table(results: Results) -> Table:
             "hit p50 ms",
             "vs 4 pairs",
             "vs 4, same 4 asked",
-            "req/s",
+            "req/s at random",
+            "4-pair API req/s",
+            "at random vs 4 pairs",
+            "req/s in turn",
+            "workers that read every pair",
             "API worker RSS MiB",
             "pool RSS MiB",
         ],
@@ -248,6 +286,7 @@ def verdict_table(verdicts: Sequence[Verdict]) -> Table:
 def tables(results: Results) -> list[Table]:
     found = [
         hit_table(results),
+        throughput_rounds_table(results),
         stampede_table(results),
         steady_table(results),
         scale_table(results),
@@ -291,7 +330,7 @@ def render_markdown(results: Results, verdicts: Sequence[Verdict], chart_name: s
 
 def _pairs_table(values: dict[str, str]) -> str:
     return Table(
-        "", ["", ""], [[k, f"`{v}`" if k == GUNICORN_SETTINGS else v] for k, v in values.items()]
+        "", ["", ""], [[k, f"`{v}`" if k in GUNICORN_SETTINGS else v] for k, v in values.items()]
     ).markdown()
 
 
@@ -299,21 +338,27 @@ def _notes() -> list[str]:
     return [
         "## How it is measured",
         "",
-        "- **Targets.** *ours*: `gunicorn api.wsgi:app` with its real `gunicorn.conf.py`, "
-        "Celery worker and beat, default settings (4 pairs, TTL 60 s, refresh every 20 s), "
-        "cache warmed by beat before any request. *Flask-Caching*: `@cache.memoize` on Redis "
+        "- **Targets.** *ours*: `gunicorn api.wsgi:app` with its real `gunicorn.conf.py` "
+        "(gevent workers), access log and metrics on, Celery worker and beat, default "
+        "settings (4 pairs, TTL 60 s, refresh every 20 s), cache warmed by beat before any "
+        "request. *Flask-Caching*: `@cache.memoize` on Redis "
         "(`scripts/bench/flask_caching_app.py`). *seed-style*: FastAPI, a Redis hash per pair, "
         "compute on a miss with no lock (`scripts/bench/seed_app.py`). *floors*: a Flask view "
         "answering a constant prediction body, and the same view doing one Redis GET "
-        "(`scripts/bench/floors.py`). Every gunicorn target reads the same `gunicorn.conf.py`; "
-        "every target computes through the same `Predictor` and model latency, against one "
-        "Redis server (a database each).",
+        "(`scripts/bench/floors.py`). The Flask baselines read the same `gunicorn.conf.py` "
+        "but run gthread workers (2 x 8 threads, forced on the command line and checked in "
+        "gunicorn's start-up log), as in every earlier report, so that the ratios stay "
+        "comparable; every target computes through the same `Predictor` and model latency, "
+        "against one Redis server (a database each).",
         "- **Hits.** Baselines get a 3,600 s expiry in this phase, so that only hits are "
         "measured. Sequential latency is `wrk -t1 -c1` (one keep-alive connection, one "
-        "request at a time); load is `wrk -t2 -c32` (two threads for the two cores). Requests "
-        "go round every pair (`scripts/bench/spread.lua`). The connections held by each worker "
-        "process are counted mid-run from the kernel's socket table (psutil).",
-        "- **Stampede.** One pair made cold (deleted), then 50 requests for it sent at once "
+        "request at a time); load is `wrk -t2 -c32` (two threads for the two cores), new "
+        "connections every round. Requests go round every pair (`scripts/bench/spread.lua`). "
+        "The connections held by each worker process are counted mid-run from the kernel's "
+        "socket table (psutil); a round whose connections piled onto one worker shows as a "
+        "slow round.",
+        "- **Stampede.** One pair made cold (for ours through `PredictionStore.forget`, which "
+        "also drops every API process's near copy), then 50 requests for it sent at once "
         "on 50 open connections; model runs are counted from each server's "
         "`computed prediction pair=` log lines.",
         "- **Steady state.** Every target with the seed's 5 s expiry (ours refreshing every "
@@ -322,8 +367,13 @@ def _notes() -> list[str]:
         "- **Scaling.** Our worker and API with N pairs, no beat, "
         "`SIMULATED_MODEL_LATENCY_SECONDS=0`: the driver sends `predictions.refresh_all` "
         "and polls Redis (DBSIZE) until every pair is written; the first refresh (which "
-        "loads the model in every pool process) is not timed. RSS is read after a load run "
-        "across every pair.",
+        "loads the model in every pool process) is not timed. Then every API worker process "
+        "reads every pair (`GET /predict?pairs=`, 100 a request) and serves each once "
+        "(`GET /predict/<pair>`, pipelined), on one keep-alive connection per worker, as "
+        "random clients would in time; then the N-pair API is measured side by side with an "
+        "API of the 4 default pairs on the same cache: latency one request at a time (pairs "
+        "in turn), throughput with `wrk -t2 -c32` (pairs at random). RSS is read last, "
+        "after a load run across every pair in turn.",
         "",
     ]
 

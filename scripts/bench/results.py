@@ -25,6 +25,8 @@ TITLES = {
     FLOOR_GET: "floor: one Redis GET",
 }
 BASELINE_PAIRS = 4  # the default PAIRS: the reference point of the scaling target
+# Fewer rounds than this, and "the slowest round vs the median round" says nothing.
+MIN_ROUNDS_FOR_SPREAD = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +77,14 @@ class ScalePoint:
     load: WrkResult
     api_rss_mib: list[float]
     pool_rss_mib: list[float]
+    # Throughput under load, per round, alternating: this API asked for its pairs at
+    # random, and the 4-pair API for its 4 (empty: no reference at this point).
+    random_loads: list[WrkResult] = dataclasses.field(default_factory=list)
+    reference_loads: list[WrkResult] = dataclasses.field(default_factory=list)
+    # API worker processes that read every pair before the measurements, and how long
+    # that took (each worker's first read of a pair goes to Redis).
+    warmed_workers: int = 0
+    fill_seconds: float = 0.0
 
     @property
     def refresh_median(self) -> float:
@@ -91,6 +101,15 @@ class ScalePoint:
             return None
         return median_ratio(
             [hit.p50_ms for hit in self.hits], [hit.p50_ms for hit in self.reference_hits]
+        )
+
+    @property
+    def random_rps_vs_reference(self) -> float | None:
+        """Median over rounds of this API's req/s at random / the 4-pair API's."""
+        if not self.reference_loads:
+            return None
+        return median_ratio(
+            [load.rps for load in self.random_loads], [load.rps for load in self.reference_loads]
         )
 
     @property
@@ -134,6 +153,18 @@ class Results:
             return None
         return median_ratio([mine[r] for r in shared], [theirs[r] for r in shared])
 
+    def slowest_round(self, target: str) -> float | None:
+        """The slowest round's hit throughput / the median round's (None: too few rounds).
+
+        Below 1 by noise alone; far below when the keep-alive connections of a round
+        pile onto one worker while another idles.
+        """
+        values = [h.load.rps for h in self.hit_runs(target)]
+        if len(values) < MIN_ROUNDS_FOR_SPREAD:
+            return None
+        middle = statistics.median(values)
+        return min(values) / middle if middle > 0 else None
+
     def steady_runs(self, target: str) -> list[SteadyRun]:
         return sorted((s for s in self.steady if s.target == target), key=lambda s: s.round)
 
@@ -156,12 +187,14 @@ class Results:
             "hit_rps_vs_seed": self.hit_ratio(OURS, SEED, rps),
             "hit_rps_vs_floor": self.hit_ratio(OURS, FLOOR, rps),
             "seq_p50_vs_floor": self.hit_ratio(OURS, FLOOR, seq_p50),
+            "hit_slowest_round": self.slowest_round(OURS),
             "steady_p99_over_p50": _median([s.result.p99_ms / s.result.p50_ms for s in steady])
             if steady
             else None,
             "steady_waited": float(sum(s.result.misses for s in steady)) if steady else None,
             "refresh_1000_s": thousand.refresh_median if thousand else None,
             "refresh_10000_s": big.refresh_median if big else None,
+            "hit_rps_10000_random_vs_4": big.random_rps_vs_reference if big else None,
             "hit_p50_10000_vs_4": big.hit_p50_vs_reference if big else None,
             "api_rss_mib": max(big.api_rss_mib) if big and big.api_rss_mib else None,
             "pool_rss_mib": max(big.pool_rss_mib) if big and big.pool_rss_mib else None,

@@ -3,11 +3,15 @@
 Every target reads the same environment (pairs, model latency, expiry) and lives in its
 own Redis database of the same server, so that making one cold never touches another.
 Gunicorn targets are started from the repository root, so that each reads our own
-./gunicorn.conf.py: the baselines run under exactly our gunicorn settings.
+./gunicorn.conf.py. Ours runs it exactly as shipped (gevent workers); the Flask baselines
+override its worker model with BASELINE_GUNICORN (gthread, 2 workers x 8 threads, the
+settings every earlier report in docs/performance.md measured them under), so that their
+figures, and our ratios to them, stay comparable from one report to the next.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
 import time
@@ -19,6 +23,8 @@ import redis
 
 from predictions.keys import prediction_key
 from predictions.model import LogLinearTrendModel
+from predictions.settings import Settings
+from predictions.store import PredictionStore
 from scripts.bench.results import FLASK_CACHING, FLOOR, FLOOR_GET, OURS, SEED, TITLES
 from tests.processes import BIN, MARKER, Process, RedisServer, free_port, wait_for
 
@@ -36,12 +42,41 @@ _GUNICORN_APPS = {
 
 # Ours runs the default model: its predictions are stored under its version.
 OURS_VERSION = LogLinearTrendModel.version
+# The Flask baselines' worker model, forced on the command line (which overrides
+# ./gunicorn.conf.py): gthread, 8 threads per worker, 5 s keep-alive, at most 1,000
+# connections per worker (gunicorn's default), as gunicorn.conf.py said until ours moved
+# to gevent. Workers (2), timeouts and request limits still come from the file.
+BASELINE_GUNICORN: dict[str, str | int] = {
+    "worker_class": "gthread",
+    "threads": 8,
+    "keepalive": 5,
+    "worker_connections": 1000,
+}
+_GUNICORN_FLAGS = {
+    "worker_class": "--worker-class",
+    "threads": "--threads",
+    "keepalive": "--keep-alive",
+    "worker_connections": "--worker-connections",
+}
+# What gunicorn logs at start-up for the worker model it runs: checked for every target.
+WORKER_LINE = "Using worker: "
+# Ours' variables (every Settings field, as Settings.from_env spells it) and the
+# prefixes of the rest: none of the driver's own may leak into a target.
+_OUR_VARIABLES = frozenset(field.name.upper() for field in dataclasses.fields(Settings))
+_OUR_PREFIXES = ("CELERY", "REDIS", "API_", "PAIRS", "PREDICTION_", "REFRESH_", "SIMULATED_")
 
 
 def base_env(run_id: str, **overrides: str) -> dict[str, str]:
-    """The driver's environment without any setting of ours, plus the run's marker."""
-    prefixes = ("CELERY", "REDIS", "API_", "PAIRS", "PREDICTION_", "REFRESH_", "SIMULATED_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    """The driver's environment without any setting of ours, plus the run's marker.
+
+    So ours runs as shipped: a LOG_LEVEL=WARNING in the driver's shell, say, would
+    silently turn its access log off.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_OUR_PREFIXES) and k not in _OUR_VARIABLES
+    }
     env.update(
         {
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -51,6 +86,20 @@ def base_env(run_id: str, **overrides: str) -> dict[str, str]:
     )
     env.update(overrides)
     return env
+
+
+def gunicorn_argv(name: str) -> list[str]:
+    """The gunicorn command line of a gunicorn target (baselines: BASELINE_GUNICORN)."""
+    argv = [str(BIN / "gunicorn"), _GUNICORN_APPS[name]]
+    if name != OURS:
+        for setting, value in BASELINE_GUNICORN.items():
+            argv += [_GUNICORN_FLAGS[setting], str(value)]
+    return argv
+
+
+def expected_worker(name: str) -> str | None:
+    """The worker class gunicorn must report for a target (None: as gunicorn.conf.py says)."""
+    return None if name == OURS else str(BASELINE_GUNICORN["worker_class"])
 
 
 def http_get(port: int, path: str, timeout: float = 15) -> tuple[int, str | None]:
@@ -93,6 +142,7 @@ class Target:
         )
         self.processes: list[Process] = []
         self.worker: Process | None = None  # ours: the Celery worker's main process
+        self.worker_class: str | None = None  # gunicorn's, as it logged it at start-up
 
     @property
     def url(self) -> str:
@@ -127,7 +177,7 @@ class Target:
                 "--no-access-log",
             ]  # fmt: skip
         else:
-            argv = [str(BIN / "gunicorn"), _GUNICORN_APPS[self.name]]
+            argv = gunicorn_argv(self.name)
         self._spawn(log_name, argv)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not self._answers():
@@ -137,7 +187,22 @@ class Target:
                     f"{START_TIMEOUT_SECONDS} s; see {self.log_dir}"
                 )
             time.sleep(0.1)
+        if self.name != SEED:
+            self.worker_class = self._worker_class()
         return self
+
+    def _worker_class(self) -> str:
+        """The worker class gunicorn says it runs; StartFailed if not the one intended."""
+        lines = [
+            line.split(WORKER_LINE, 1)[1].strip()
+            for line in self.server.output().splitlines()
+            if WORKER_LINE in line
+        ]
+        found = lines[-1] if lines else "not logged"
+        wanted = expected_worker(self.name)
+        if wanted is not None and not found.endswith(wanted):
+            raise StartFailed(f"{self.title} runs worker {found!r}, not {wanted!r}")
+        return found
 
     def _spawn(self, name: str, argv: list[str]) -> Process:
         process = Process(name, argv, self.env, self.log_dir).start()
@@ -193,9 +258,14 @@ class Target:
         raise StartFailed(f"{self.title}: still missing after {WARM_PASSES} warm-up passes")
 
     def make_cold(self, pair: str) -> None:
-        """Remove ``pair``'s cached prediction, as if it had just expired."""
+        """Remove ``pair``'s cached prediction, as if it had just expired.
+
+        Ours through the store's forget(), which also tells every API process that
+        follows the write feed to drop its near copy: a bare DEL would leave those
+        copies served as hits until they expire, and the stampede would measure hits.
+        """
         if self.name == OURS:
-            self.redis.delete(prediction_key(pair, OURS_VERSION))
+            PredictionStore(self.redis).forget(pair, OURS_VERSION)
         else:
             self.redis.flushdb()  # a baseline's database holds nothing but its cache
 

@@ -103,9 +103,18 @@ def find_wrk() -> str:
 
 
 def command(
-    url: str, pairs_file: Path, *, threads: int, connections: int, seconds: float
+    url: str,
+    pairs_file: Path,
+    *,
+    threads: int,
+    connections: int,
+    seconds: float,
+    random_pairs: bool = False,
 ) -> list[str]:
-    """The wrk command line; refuses any host but loopback."""
+    """The wrk command line; refuses any host but loopback.
+
+    Requests go round the file's pairs in turn, or pick one at random each time.
+    """
     host = urllib.parse.urlsplit(url).hostname or ""
     if not ipaddress.ip_address(host).is_loopback:
         raise ValueError(f"the benchmark loads loopback addresses only, not {host!r}")
@@ -119,6 +128,7 @@ def command(
         url,
         "--",
         str(pairs_file),
+        *(["random"] if random_pairs else []),
     ]
 
 
@@ -145,7 +155,22 @@ class WrkRun:
         return parse_output(text)
 
 
-def run(url: str, pairs_file: Path, *, threads: int, connections: int, seconds: float) -> WrkResult:
+def run(
+    url: str,
+    pairs_file: Path,
+    *,
+    threads: int,
+    connections: int,
+    seconds: float,
+    random_pairs: bool = False,
+) -> WrkResult:
     """One bounded wrk run."""
-    argv = command(url, pairs_file, threads=threads, connections=connections, seconds=seconds)
+    argv = command(
+        url,
+        pairs_file,
+        threads=threads,
+        connections=connections,
+        seconds=seconds,
+        random_pairs=random_pairs,
+    )
     return WrkRun(argv, seconds).result()
