@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback bench bench-quick wrk nginx lint format typecheck clean
+.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback bench bench-quick wrk nginx rabbitmq lint format typecheck clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -81,6 +81,15 @@ nginx: ## Install nginx, for the edge-cache test (Debian's nginx-light or nginx;
 			|| DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }; \
 	else \
 		echo "tests/integration/test_edge.py needs nginx: run 'sudo apt-get install nginx-light' (Debian/Ubuntu; 'nginx' where there is no nginx-light) or install nginx otherwise" >&2; \
+		exit 1; \
+	fi
+
+rabbitmq: ## Install RabbitMQ, for the broker test (Debian's rabbitmq-server; apt-get as root)
+	@command -v rabbitmq-server >/dev/null || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; \
+	else \
+		echo "tests/integration/test_brokers.py needs RabbitMQ: run 'sudo apt-get install rabbitmq-server' (Debian/Ubuntu) or install it otherwise" >&2; \
 		exit 1; \
 	fi
 

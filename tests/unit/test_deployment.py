@@ -481,7 +481,7 @@ def test_healthchecks_check_the_right_thing(services: dict[str, dict[str, Any]])
     assert "celery -A worker inspect ping" in worker
     assert "celery@$$HOSTNAME" in worker, "ping this worker only, by its node name"
     assert "--timeout" in worker
-    assert "broker_url" in healthcheck_text(services["beat"])
+    assert "ensure_connection" in healthcheck_text(services["beat"])
 
 
 def test_python_healthchecks_compile(services: dict[str, dict[str, Any]]) -> None:

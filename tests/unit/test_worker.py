@@ -15,7 +15,7 @@ from predictions.keys import (
 from predictions.market_data import SyntheticMarketData
 from predictions.model import ModelLoadError
 from predictions.predictor import Predictor
-from predictions.settings import Settings
+from predictions.settings import Settings, SettingsError
 from predictions.store import PredictionStore
 from predictions.versions import ModelCatalog
 from tests.support import CountingModel
@@ -109,6 +109,36 @@ def test_celery_is_configured_for_safe_delivery() -> None:
     assert conf.task_ignore_result
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
     assert conf.task_time_limit > conf.task_soft_time_limit
+
+
+@pytest.mark.parametrize(
+    ("env", "expected", "absent"),
+    [
+        (
+            {"CELERY_BROKER_URL": "amqp://guest:guest@rabbit:5672//"},
+            "read_timeout",
+            "visibility_timeout",
+        ),
+        (
+            {"REDIS_SENTINELS": "s1:26379", "REDIS_SENTINEL_MASTER": "cache"},
+            "master_name",
+            "global_keyprefix",
+        ),
+        ({"CELERY_BROKER_DATABASE": "same"}, "global_keyprefix", "master_name"),
+    ],
+)
+def test_broker_transport_options_fit_the_broker(
+    env: dict[str, str], expected: str, absent: str
+) -> None:
+    options = create_celery(Settings.from_env(env)).conf.broker_transport_options
+    assert expected in options and absent not in options
+    if "master_name" in options:
+        assert options["master_name"] == "cache"
+
+
+def test_a_bad_broker_stops_the_worker_at_start_up() -> None:
+    with pytest.raises(SettingsError, match="CELERY_BROKER_URL"):
+        create_celery(Settings.from_env({"CELERY_BROKER_URL": "kafka://k:9092"}))
 
 
 def test_every_scheduled_task_exists_and_expires_within_its_interval() -> None:
