@@ -125,6 +125,11 @@ class Settings:
                 "REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together: set both (the "
                 "sentinels and the name they know the master by), or neither"
             )
+        if self.redis_sentinels and self.redis_url.startswith("unix:"):
+            raise SettingsError(
+                "REDIS_SENTINELS: the sentinels name the master by host and port, so "
+                "REDIS_URL must be a redis:// or rediss:// URL (its host is not used)"
+            )
 
     @property
     def broker_url(self) -> str:

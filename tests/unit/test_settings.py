@@ -152,6 +152,14 @@ def test_sentinels_and_master_go_together() -> None:
         Settings.from_env({"REDIS_SENTINELS": "s1:26379"})
     with pytest.raises(SettingsError, match="REDIS_SENTINELS"):
         Settings.from_env({"REDIS_SENTINEL_MASTER": "cache"})
+    with pytest.raises(SettingsError, match="REDIS_URL must be a redis://"):
+        Settings.from_env(
+            {
+                "REDIS_URL": "unix:///run/redis.sock",
+                "REDIS_SENTINELS": "s1:26379",
+                "REDIS_SENTINEL_MASTER": "cache",
+            }
+        )
 
 
 def test_broker_follows_the_sentinels() -> None:
