@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
 from datetime import timedelta
 from typing import Any
 
 import redis
 from celery.beat import Scheduler
 
+from predictions.clock import process_clock
 from predictions.heartbeat import write_beat_tick
 from predictions.redis_client import make_redis
 
@@ -38,8 +38,9 @@ class WarmStartScheduler(Scheduler):  # type: ignore[misc]
         try:
             if not hasattr(self, "_heartbeat_redis"):
                 self._heartbeat_redis = make_redis(settings, client_name="prediction-cache-beat")
+                self._clock = process_clock(self._heartbeat_redis)
             write_beat_tick(
-                self._heartbeat_redis, time.time(), 10 * settings.refresh_interval_seconds
+                self._heartbeat_redis, self._clock(), 10 * settings.refresh_interval_seconds
             )
         except redis.RedisError as exc:  # the schedule goes on without its heartbeat
             log.warning("could not record beat's tick: %r", exc)
