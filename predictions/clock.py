@@ -7,9 +7,10 @@ from the Redis server's TIME. Hosts whose clocks disagree therefore still agree 
 every instant, and Redis, which expires keys by its own clock, agrees with them.
 
 Hand-rolled, and small: no library measures an offset against Redis. The offset is
-measured at start and every ``interval_seconds`` after, in the calling thread (one
-Redis round trip, bounded by the client's timeouts); between measurements, and while
-Redis is away, the last offset holds, since clocks drift by milliseconds per hour.
+measured at start, then every ``interval_seconds`` in a short-lived background thread
+(one Redis round trip, bounded by the client's timeouts), so that no reading, and no
+request, ever waits for Redis; between measurements, and while Redis is away, the
+last offset holds, since clocks drift by milliseconds per hour.
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ class RedisClock:
         local: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         on_offset: Callable[[float], None] | None = None,
+        background: bool = True,
     ) -> None:
         self.client = client
         self.interval_seconds = interval_seconds
         self.local = local
         self.monotonic = monotonic
         self.on_offset = on_offset
+        self.background = background
         self.offset = 0.0
         self.measured = False
         self._due = 0.0  # monotonic time of the next measurement
@@ -53,11 +56,20 @@ class RedisClock:
 
     def __call__(self) -> float:
         if self.monotonic() >= self._due and self._lock.acquire(blocking=False):
-            try:
-                self.measure()
-            finally:
-                self._lock.release()
+            if self.background:
+                # Started where it is due, so it runs in whichever process reads the
+                # clock (a thread started before a fork would not exist after it).
+                self._due = self.monotonic() + 1.0
+                threading.Thread(target=self._measure_once, daemon=True).start()
+            else:
+                self._measure_once()
         return self.local() + self.offset
+
+    def _measure_once(self) -> None:
+        try:
+            self.measure()
+        finally:
+            self._lock.release()
 
     def measure(self) -> float | None:
         """Measure the offset from Redis now; None (the old offset kept) if it fails."""

@@ -41,7 +41,12 @@ class Ticking:
 
 
 def make(server: RedisTime, local: Ticking, monotonic: Ticking | None = None) -> RedisClock:
-    return RedisClock(server, local=local, monotonic=monotonic or Ticking(0.0))  # type: ignore[arg-type]
+    return RedisClock(
+        server,  # type: ignore[arg-type]
+        local=local,
+        monotonic=monotonic or Ticking(0.0),
+        background=False,
+    )
 
 
 def test_offset_is_redis_time_minus_the_round_trips_midpoint() -> None:
@@ -117,3 +122,16 @@ def test_a_small_offset_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="predictions.clock"):
         clock.measure()
     assert not caplog.records
+
+
+def test_a_due_measurement_runs_in_the_background() -> None:
+    server = RedisTime(100.0)
+    monotonic = Ticking(0.0)
+    clock = RedisClock(server, local=Ticking(90.0), monotonic=monotonic)  # type: ignore[arg-type]
+    clock.measure()
+    monotonic.value = clock.interval_seconds + 1
+    clock()
+    assert clock._lock.acquire(timeout=5)  # the background measurement finished
+    clock._lock.release()
+    assert server.calls == 2
+    assert clock() == pytest.approx(100.0)
