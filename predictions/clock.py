@@ -83,10 +83,16 @@ class RedisClock:
         except redis.RedisError as exc:
             log.debug("clock offset not measured: %r", exc)
             return None
-        if received - sent > MAX_ROUND_TRIP_SECONDS:
+        round_trip = received - sent
+        if round_trip > MAX_ROUND_TRIP_SECONDS:
             return None
-        # Redis read its clock about halfway through the round trip.
+        # Redis read its clock somewhere in the round trip: the offset is the midpoint's,
+        # give or take half the round trip. An offset within that of the one in use (at
+        # first, zero) is no news: keeping it keeps one host's instants, and Redis's,
+        # exactly in step rather than jittering by a few milliseconds.
         offset = seconds + microseconds / 1e6 - (sent + received) / 2
+        if abs(offset - self.offset) <= round_trip / 2:
+            offset = self.offset
         if abs(offset) > WARN_OFFSET_SECONDS and (
             not self.measured or abs(self.offset) <= WARN_OFFSET_SECONDS
         ):

@@ -135,3 +135,12 @@ def test_a_due_measurement_runs_in_the_background() -> None:
     clock._lock.release()
     assert server.calls == 2
     assert clock() == pytest.approx(100.0)
+
+
+def test_an_offset_within_the_round_trips_uncertainty_changes_nothing() -> None:
+    # Sent at 100.0, received at 100.02: Redis's 100.015 is within 10 ms of the
+    # midpoint, so zero (the clocks agree) stands; 100.05 is not.
+    clock = make(RedisTime(100.015), Ticking(100.0, step=0.02))
+    assert clock.measure() == 0.0
+    clock = make(RedisTime(100.05), Ticking(100.0, step=0.02))
+    assert clock.measure() == pytest.approx(0.04)
