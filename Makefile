@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback bench bench-quick wrk nginx varnish lint format typecheck clean
+.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback bench bench-quick wrk nginx varnish rabbitmq faketime lint format typecheck clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -90,6 +90,24 @@ varnish: ## Install Varnish, for the HTTP-cache tests (Debian's varnish; apt-get
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq varnish >/dev/null; \
 	else \
 		echo "tests/integration/test_http_caches.py needs Varnish: run 'sudo apt-get install varnish' (Debian/Ubuntu) or install Varnish 7 otherwise" >&2; \
+		exit 1; \
+	fi
+
+rabbitmq: ## Install RabbitMQ, for the broker test (Debian's rabbitmq-server; apt-get as root)
+	@command -v rabbitmq-server >/dev/null || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; \
+	else \
+		echo "tests/integration/test_brokers.py needs RabbitMQ: run 'sudo apt-get install rabbitmq-server' (Debian/Ubuntu) or install it otherwise" >&2; \
+		exit 1; \
+	fi
+
+faketime: ## Install libfaketime, for the clock-skew test (Debian's faketime; apt-get as root)
+	@ls /usr/lib/*/faketime/libfaketimeMT.so.1 /usr/local/lib/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null; \
+	else \
+		echo "tests/integration/test_clock_skew.py needs libfaketime: run 'sudo apt-get install faketime' (Debian/Ubuntu) or install it otherwise" >&2; \
 		exit 1; \
 	fi
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import redis
@@ -16,6 +15,7 @@ from api.views import ApiState, bp
 from predictions import metrics
 from predictions.cache import Limits, PredictionCache
 from predictions.circuit import CircuitBreaker
+from predictions.clock import process_clock
 from predictions.near_cache import NearCache
 from predictions.predictor import Predictor
 from predictions.redis_client import make_redis
@@ -29,11 +29,12 @@ def create_app(
     settings: Settings | None = None,
     redis_client: redis.Redis | None = None,
     predictor: Predictor | None = None,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] | None = None,
     follow_writes: bool | None = None,
 ) -> Flask:
     """Build the API; tests pass their own settings, client, predictor and clock.
 
+    The clock defaults to Redis's, as this process measures it (predictions.clock).
     ``follow_writes`` (default: NEAR_CACHE_FOLLOWS_WRITES, when the client is made
     here) keeps near copies current from the write feed (predictions/write_feed.py).
     """
@@ -43,18 +44,17 @@ def create_app(
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     # No redirects (an HTML body) for "//": every path either matches or is a JSON 404.
     app.url_map.merge_slashes = False
+    client = redis_client or make_redis(settings, client_name="prediction-cache-api")
+    if clock is None:
+        clock = process_clock(client)
     if predictor is None:
-        predictor = Predictor.from_settings(settings)
+        predictor = Predictor.from_settings(settings, clock=clock)
         catalog = ModelCatalog(predictor.model, settings.model)
     else:  # a test's own model: no import string can build it elsewhere
         catalog = ModelCatalog(predictor.model, "")
     if follow_writes is None:  # a client of the caller's (tests): unless asked to
         follow_writes = redis_client is None and settings.near_cache_follows_writes
-    store = PredictionStore(
-        redis_client or make_redis(settings, client_name="prediction-cache-api"),
-        grace_seconds=settings.stale_grace_seconds,
-        clock=clock,
-    )
+    store = PredictionStore(client, grace_seconds=settings.stale_grace_seconds, clock=clock)
     near = NearCache(settings.near_cache_seconds, clock=clock)
     feed = None
     if follow_writes and settings.near_cache_seconds > 0:

@@ -289,7 +289,7 @@ class PredictionCache:
         waited = False
         while True:
             # The lock outlives a computation that hangs by at most the timeout.
-            token = locks.acquire(client, pair, version, timeout)
+            token = locks.acquire(client, pair, version, timeout, self.clock())
             if token is not None:
                 try:
                     # Someone may have stored it between our read and our lock.
@@ -366,7 +366,9 @@ class PredictionCache:
             client = self.store.redis
             version = seen.model_version
             # The miss path's lock: one computation across every process and host.
-            token = locks.acquire(client, pair, version, self.limits.compute_timeout_seconds)
+            token = locks.acquire(
+                client, pair, version, self.limits.compute_timeout_seconds, self.clock()
+            )
             if token is None:
                 return  # someone is computing it now
             try:

@@ -30,18 +30,29 @@ return 0
 """
 
 
-def acquire(client: redis.Redis, pair: str, version: str, ttl_seconds: float) -> bytes | None:
+def acquire(
+    client: redis.Redis, pair: str, version: str, ttl_seconds: float, now: float | None = None
+) -> bytes | None:
     """Take the pair's compute lock for a model version if it is free; token or None."""
-    return acquire_many(client, [pair], version, ttl_seconds).get(pair)
+    return acquire_many(client, [pair], version, ttl_seconds, now).get(pair)
 
 
 def acquire_many(
-    client: redis.Redis, pairs: Iterable[str], version: str, ttl_seconds: float
+    client: redis.Redis,
+    pairs: Iterable[str],
+    version: str,
+    ttl_seconds: float,
+    now: float | None = None,
 ) -> dict[str, bytes]:
-    """Take the compute lock of every pair that is free; return {pair: token}."""
+    """Take the compute lock of every pair that is free; return {pair: token}.
+
+    ``now`` is the caller's RedisClock reading: the expiry is absolute, so it must be
+    an instant by Redis's clock, or a host whose clock runs behind writes locks that
+    Redis expires at once (and one ahead, locks that outlive their holder).
+    """
     pairs = list(pairs)
     tokens = {pair: uuid.uuid4().hex.encode() for pair in pairs}
-    expires_ms = int((time.time() + ttl_seconds) * 1000)
+    expires_ms = int(((time.time() if now is None else now) + ttl_seconds) * 1000)
     pipe = client.pipeline(transaction=False)
     for pair in pairs:
         pipe.set(compute_lock_key(pair, version), tokens[pair], nx=True, pxat=expires_ms)

@@ -92,6 +92,11 @@ REDIS_ERRORS = Counter(
     "prediction_redis_errors",
     "Redis connection errors and timeouts seen by the API.",
 )
+CLOCK_OFFSET = Gauge(
+    "prediction_clock_offset_seconds",
+    "Redis's clock minus this host's, as last measured (instants follow Redis's).",
+    multiprocess_mode="mostrecent",
+)
 CIRCUIT_OPEN = Gauge(
     "prediction_circuit_open",
     "1 while an API process skips Redis after repeated failures (the highest of all).",

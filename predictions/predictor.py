@@ -42,7 +42,12 @@ class Predictor:
         self.sleep = sleep
 
     @classmethod
-    def from_settings(cls, settings: Settings, with_model: bool = True) -> Predictor:
+    def from_settings(
+        cls,
+        settings: Settings,
+        with_model: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> Predictor:
         """Load the configured model (unless told not to: the worker's catalog builds
         models) and market data, once per process."""
         return cls(
@@ -53,6 +58,7 @@ class Predictor:
             horizon_seconds=settings.prediction_horizon_seconds,
             ttl_seconds=settings.prediction_ttl_seconds,
             simulated_latency_seconds=settings.simulated_model_latency_seconds,
+            clock=clock,
         )
 
     def compute(self, pair: str, model: LoadedModel | None = None) -> Prediction:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 import redis
 
 from predictions import write_feed
+from predictions.clock import process_clock
 from predictions.keys import (
     active_version_key,
     check_version,
@@ -78,8 +79,9 @@ def rollout(
     register(client, model, import_string)
     say(f"rolling out {model.version} ({import_string}); active now: {active or 'none'}")
 
-    predictor = Predictor.from_settings(settings)
-    store = PredictionStore(client, grace_seconds=settings.stale_grace_seconds)
+    clock = process_clock(client)  # instants by Redis's clock, as every process's are
+    predictor = Predictor.from_settings(settings, clock=clock)
+    store = PredictionStore(client, grace_seconds=settings.stale_grace_seconds, clock=clock)
     wait = flip_wait_seconds(settings)
     pairs = list(settings.pairs)
     predictions = _precompute(predictor, store, model, pairs)
@@ -92,7 +94,7 @@ def rollout(
         pipe.execute()
     sleep(wait)
     # Anything that would go stale before the flip lands is computed again first.
-    soon = time.time() + 1.0
+    soon = clock() + 1.0
     due = [p.pair for p in predictions if p.fresh_until <= soon]
     if due:
         _precompute(predictor, store, model, due)
@@ -122,7 +124,7 @@ def _precompute(
     if failures:
         first = "; ".join(f"{pair}: {why}" for pair, why in list(failures.items())[:3])
         raise RolloutFailed(f"{len(failures)} of {len(pairs)} pairs failed ({first})")
-    store.write_many(predictions, time.time())
+    store.write_many(predictions, store.clock())
     # Stored, or a newer one already is (a refresh of the same version): check both.
     missing = [p for p in pairs if store.read_version(p, model.version) is None]
     if missing:

@@ -22,6 +22,10 @@ N = TypeVar("N", int, float)
 DEFAULT_PAIRS = ("ETH-EUR", "BTC-EUR", "ETH-USD", "BTC-USD")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
+BROKER_DATABASES = ("next", "same")
+# What Celery accepts as a broker here: Redis (TCP, TLS, socket), kombu's Sentinel
+# transport, and AMQP (RabbitMQ), plain or over TLS.
+BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel", "amqp", "amqps", "pyamqp")
 # "synthetic" (offline, the default), or "ccxt:<exchange id>" such as ccxt:kraken (live
 # 1-minute candles; needs the `live` extra).
 MARKET_DATA_PATTERN = re.compile(r"synthetic|ccxt:[a-z0-9_]{2,40}")
@@ -36,8 +40,17 @@ class Settings:
     """The typed configuration shared by the API, the worker and beat."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # None means: the cache's Redis server, next database number (see broker_url()).
+    # Sentinels (host, port) that name the cache's master, and the master's name there;
+    # empty means REDIS_URL's host is the server. REDIS_URL still gives db, user, TLS.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str | None = None
+    # None means: the cache's Redis (through the same sentinels, if any), next database
+    # number, or the same one (see broker_url). Checked by the worker and beat only,
+    # when they read broker_url: the API never uses the broker.
     celery_broker_url: str | None = None
+    # "next": the broker in the cache's database + 1; "same": in the cache's own
+    # database, under a key prefix (for a managed Redis that offers only database 0).
+    celery_broker_database: str = "next"
     pairs: tuple[str, ...] = DEFAULT_PAIRS
     # The default model reads 1-minute prices, so its answer cannot change more often
     # than once a minute: a prediction up to 60 s old is as good as a new one.
@@ -119,13 +132,34 @@ class Settings:
             )
         if not self.pairs:
             raise SettingsError("PAIRS must name at least one pair, e.g. ETH-EUR")
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise SettingsError(
+                "REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together: set both (the "
+                "sentinels and the name they know the master by), or neither"
+            )
+        if self.redis_sentinels and self.redis_url.startswith("unix:"):
+            raise SettingsError(
+                "REDIS_SENTINELS: the sentinels name the master by host and port, so "
+                "REDIS_URL must be a redis:// or rediss:// URL (its host is not used)"
+            )
 
     @property
     def broker_url(self) -> str:
-        """Celery's broker: set explicitly, or the cache's server one database up."""
+        """Celery's broker: set explicitly (and checked here), or the cache's Redis."""
         if self.celery_broker_url:
-            return self.celery_broker_url
-        return _next_database(self.redis_url)
+            return _broker_url("CELERY_BROKER_URL", self.celery_broker_url)
+        offset = 0 if self.celery_broker_database == "same" else 1
+        url = _next_database(self.redis_url, offset)
+        if self.redis_sentinels:
+            return _sentinel_broker_url(url, self.redis_sentinels)
+        return url
+
+    @property
+    def broker_key_prefix(self) -> str | None:
+        """The prefix of the broker's keys when it shares the cache's database."""
+        if self.celery_broker_url or self.celery_broker_database != "same":
+            return None
+        return "celery:"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -140,7 +174,11 @@ class Settings:
                 values[field] = coerce(name, raw.strip())
 
         read("redis_url", _redis_url)
-        read("celery_broker_url", _broker_url)
+        read("redis_sentinels", _sentinels)
+        read("redis_sentinel_master", _sentinel_master)
+        # Not checked here: the API reads these settings too and never uses the broker.
+        read("celery_broker_url", lambda _name, raw: raw)
+        read("celery_broker_database", _choice(BROKER_DATABASES))
         read("pairs", _pairs)
         read("prediction_ttl_seconds", _positive_float)
         read("refresh_interval_seconds", _positive_float)
@@ -173,25 +211,27 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
-def _next_database(redis_url: str) -> str:
+def _next_database(redis_url: str, offset: int = 1) -> str:
+    """kombu's URL of redis_url's server, ``offset`` databases up."""
     parts = urllib.parse.urlsplit(redis_url)
     query = urllib.parse.parse_qs(parts.query)
     db = _database(redis_url)
-    if db >= 15:
+    if db + offset > 15:
         raise SettingsError(
             "CELERY_BROKER_URL: REDIS_URL uses database 15, so there is no next "
-            "database for the broker; set CELERY_BROKER_URL explicitly"
+            "database for the broker; set CELERY_BROKER_URL explicitly, or "
+            "CELERY_BROKER_DATABASE=same"
         )
     query.pop("db", None)
     if parts.scheme == "unix":
         # kombu's spelling of a socket, with the database as virtual_host.
-        query["virtual_host"] = [str(db + 1)]
+        query["virtual_host"] = [str(db + offset)]
         return f"redis+socket://{parts.path}?{urllib.parse.urlencode(query, doseq=True)}"
     return urllib.parse.urlunsplit(
         (
             parts.scheme,
             parts.netloc,
-            f"/{db + 1}",
+            f"/{db + offset}",
             urllib.parse.urlencode(query, doseq=True),
             "",
         )
@@ -249,8 +289,64 @@ def _redis_url(name: str, raw: str) -> str:
 
 
 def _broker_url(name: str, raw: str) -> str:
-    # kombu also spells a socket redis+socket:///path?virtual_host=N.
-    return raw if raw.startswith("redis+socket://") else _redis_url(name, raw)
+    """A broker URL Celery can use; kombu's Sentinel form joins several with ';'."""
+    expected = (
+        "a broker URL: redis://, rediss://, redis+socket://, amqp://, amqps:// or "
+        "sentinel://host:port[;sentinel://host:port...]"
+    )
+    urls = raw.split(";")
+    schemes = set()
+    for url in urls:
+        try:
+            parts = urllib.parse.urlsplit(url.strip())
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            raise _fail_secret(name, expected) from None
+        schemes.add(parts.scheme)
+        if parts.scheme not in BROKER_SCHEMES or not (parts.netloc or parts.path):
+            raise _fail_secret(name, expected, parts.scheme)
+    if len(urls) > 1 and schemes != {"sentinel"}:
+        raise _fail_secret(name, "';' only between sentinel:// URLs (kombu's Sentinel form)")
+    return raw
+
+
+def _fail_secret(name: str, expected: str, scheme: str | None = None) -> SettingsError:
+    # The value may hold a password, so it is never echoed: only its scheme is.
+    got = f", got a {scheme}:// URL" if scheme else ""
+    return SettingsError(f"{name}: expected {expected}{got} (value not shown)")
+
+
+def _sentinel_broker_url(url: str, sentinels: tuple[tuple[str, int], ...]) -> str:
+    """kombu's Sentinel form of a redis URL: one sentinel:// URL per sentinel, each
+    with the URL's credentials and database (the master's name goes in the transport
+    options)."""
+    parts = urllib.parse.urlsplit(url)
+    credentials, _, _ = parts.netloc.rpartition("@")
+    auth = f"{credentials}@" if credentials else ""
+    path = f"/{_database(url)}"
+    return ";".join(f"sentinel://{auth}{_host_port(h, p)}{path}" for h, p in sentinels)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _sentinels(name: str, raw: str) -> tuple[tuple[str, int], ...]:
+    expected = "comma-separated HOST:PORT of the sentinels, e.g. s1:26379,s2:26379"
+    found: list[tuple[str, int]] = []
+    for item in raw.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise _fail(name, expected, raw)
+        found.append((host, int(port)))
+    return tuple(found)
+
+
+def _sentinel_master(name: str, raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", raw):
+        raise _fail(name, "the master's name as the sentinels know it, e.g. mymaster", raw)
+    return raw
 
 
 def _pairs(name: str, raw: str) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ that a test can prove nothing was left behind by scanning /proc for the marker.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,6 +146,7 @@ class RedisServer:
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.process: Process | None = None
+        self.extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -154,7 +156,9 @@ class RedisServer:
         return redis.Redis(port=self.port, db=db, socket_timeout=2, socket_connect_timeout=2)
 
     def start(self) -> RedisServer:
-        argv = server_args(self.port, self.data_dir, "--save", "", "--appendonly", "no")
+        argv = server_args(
+            self.port, self.data_dir, "--save", "", "--appendonly", "no", *self.extra_args
+        )
         self.process = Process("redis", argv, os.environ, self.log_dir).start()
         wait_for(lambda: self.client().ping(), 10, what=f"redis-server on port {self.port}")
         return self
@@ -168,3 +172,88 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+
+
+def find_rabbitmq_server() -> str | None:
+    """RabbitMQ's own start script, run as the current user.
+
+    Debian's /usr/sbin/rabbitmq-server switches to the rabbitmq user and its files in
+    /var/lib/rabbitmq; the script it wraps takes every path from the environment.
+    """
+    debian = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+    if os.access(debian, os.X_OK):
+        return str(debian)
+    return shutil.which("rabbitmq-server")
+
+
+class RabbitMQServer:
+    """A real RabbitMQ node of its own: free ports, files in a temporary directory.
+
+    It registers with an epmd of its own (started here in the foreground, on a free
+    loopback port, stopped by PID) and never starts one itself, so a machine's own
+    RabbitMQ and epmd (4369) are neither used nor disturbed. Its Erlang cookie is
+    written in its own HOME.
+    """
+
+    def __init__(self, base: Path, log_dir: Path) -> None:
+        self.base = base
+        self.log_dir = log_dir
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
+        self.node = f"rabbit-test-{uuid.uuid4().hex[:8]}@localhost"
+        self.epmd: Process | None = None
+        self.process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        # RabbitMQ's default user may log in over loopback only; this is loopback.
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self, script: str, timeout: float = 90) -> RabbitMQServer:
+        home = self.base / "home"
+        for folder in (home, self.base / "mnesia", self.base / "log"):
+            folder.mkdir(parents=True, exist_ok=True)
+        plugins = self.base / "enabled_plugins"
+        plugins.write_text("[].\n")  # no management plugin: nothing else listens
+        epmd_env = {**os.environ, "ERL_EPMD_ADDRESS": "127.0.0.1"}
+        self.epmd = Process(
+            "epmd", ["epmd", "-port", str(self.epmd_port)], epmd_env, self.log_dir
+        ).start()
+        wait_for(lambda: _accepts(self.epmd_port), 10, what=f"epmd on {self.epmd_port}")
+        env = {
+            **os.environ,
+            "HOME": str(home),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.base / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
+            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.base / "advanced.config"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-start_epmd false",
+        }
+        self.process = Process("rabbitmq", [script], env, self.log_dir).start()
+        # An Erlang node is slow to boot on a loaded machine (~25 s seen here).
+        wait_for(
+            lambda: self.process.running() and "completed with" in self.process.output(),  # type: ignore[union-attr]
+            timeout,
+            interval=0.25,
+            what=f"rabbitmq-server on port {self.port}",
+        )
+        wait_for(lambda: _accepts(self.port), 10, what=f"AMQP on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        for process in (self.process, self.epmd):
+            if process is not None:
+                process.stop(timeout=30)
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -36,18 +36,10 @@ def create_celery(settings: Settings | None = None) -> Celery:
     # A refresh of one batch may take this long before it is interrupted.
     soft_limit = 3 * settings.refresh_interval_seconds + settings.compute_timeout_seconds
     hard_limit = soft_limit + 10
-    transport_options = {
-        # Redelivery of an unacknowledged task must wait until it could not possibly
-        # still be running, or a slow task would run twice.
-        "visibility_timeout": int(hard_limit) + 60,
-        "socket_timeout": 10,
-        "socket_connect_timeout": 5,
-        "socket_keepalive": True,
-        "health_check_interval": 15,
-    }
+    broker_url = settings.broker_url  # checked here: a bad one stops the worker and beat
     app.conf.update(
-        broker_url=settings.broker_url,
-        broker_transport_options=transport_options,
+        broker_url=broker_url,
+        broker_transport_options=broker_transport_options(settings, broker_url, hard_limit),
         broker_connection_retry_on_startup=True,
         # Keep reconnecting for as long as Redis is away.
         broker_connection_max_retries=None,
@@ -77,3 +69,31 @@ def create_celery(settings: Settings | None = None) -> Celery:
     )
     app.settings = settings
     return app
+
+
+def broker_transport_options(
+    settings: Settings, broker_url: str, hard_limit: float
+) -> dict[str, object]:
+    """kombu's options for the broker's transport, with every timeout explicit."""
+    scheme = broker_url.partition("://")[0]
+    if scheme in ("amqp", "amqps", "pyamqp"):
+        # RabbitMQ redelivers an unacknowledged task only when the worker's connection
+        # drops, never on a timer, so there is no visibility timeout to size.
+        return {"connect_timeout": 5, "read_timeout": 10, "write_timeout": 10}
+    options: dict[str, object] = {
+        # Redelivery of an unacknowledged task must wait until it could not possibly
+        # still be running, or a slow task would run twice.
+        "visibility_timeout": int(hard_limit) + 60,
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 15,
+    }
+    if scheme == "sentinel":
+        # The sentinels are asked for the master's address, with the same timeouts.
+        options["master_name"] = settings.redis_sentinel_master
+        options["sentinel_kwargs"] = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    if settings.broker_key_prefix:
+        # Sharing the cache's database: the queues' keys are kept apart by a prefix.
+        options["global_keyprefix"] = settings.broker_key_prefix
+    return options

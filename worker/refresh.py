@@ -6,11 +6,12 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 
 from predictions import metrics
+from predictions.clock import process_clock
 from predictions.keys import InvalidPair, canonical_pair, refresh_slot_key
 from predictions.locks import acquire_many, release_many
 from predictions.model import ModelLoadError
@@ -31,18 +32,20 @@ class RefreshResources:
     predictor: Predictor
     store: PredictionStore
     catalog: ModelCatalog
+    # Redis's time, as this process measures it: every instant written comes from it.
+    clock: Callable[[], float] = time.time
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RefreshResources:
         # The model is built by the catalog, in the background (see refresh_pairs).
+        client = make_redis(settings, client_name="prediction-cache-worker")
+        clock = process_clock(client)
         return cls(
             pairs=frozenset(settings.pairs),
-            predictor=Predictor.from_settings(settings, with_model=False),
+            predictor=Predictor.from_settings(settings, with_model=False, clock=clock),
             catalog=ModelCatalog(None, settings.model),
-            store=PredictionStore(
-                make_redis(settings, client_name="prediction-cache-worker"),
-                grace_seconds=settings.stale_grace_seconds,
-            ),
+            store=PredictionStore(client, grace_seconds=settings.stale_grace_seconds, clock=clock),
+            clock=clock,
         )
 
 
@@ -122,12 +125,12 @@ def refresh_pairs(
     written = failed = skipped = 0
     for first in range(0, len(wanted), group_size):
         group = wanted[first : first + group_size]
-        tokens = acquire_many(client, group, version, lock_seconds)
+        tokens = acquire_many(client, group, version, lock_seconds, resources.clock())
         skipped += len(group) - len(tokens)
         try:
             computed, failures = resources.predictor.compute_many(list(tokens), model)
             failed += len(failures)  # each already logged with its pair
-            written += resources.store.write_many(computed, time.time())
+            written += resources.store.write_many(computed, resources.clock())
         finally:
             release_many(client, tokens, version)
     seconds = time.perf_counter() - started

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import redis
 from celery.beat import Scheduler
 
+from predictions.clock import process_clock
 from predictions.heartbeat import write_beat_tick
 from predictions.redis_client import make_redis
 
@@ -21,8 +22,9 @@ class WarmStartScheduler(Scheduler):  # type: ignore[misc]
 
     Celery's schedulers first run an interval entry one interval after start, so a fresh
     system (or a beat restarted after an outage) would leave the cache cold that long.
-    The tasks expire after one interval and run nothing twice, so persisting the
-    schedule to a file would buy nothing.
+    Each refresh is sent with its deadline by Redis's clock (``not_after``): one not
+    run within its interval is dropped by the worker, whatever the hosts' clocks say,
+    so persisting the schedule to a file would buy nothing.
     """
 
     def setup_schedule(self) -> None:
@@ -31,15 +33,31 @@ class WarmStartScheduler(Scheduler):  # type: ignore[misc]
         for entry in self.schedule.values():
             entry.last_run_at = long_ago
 
+    def apply_async(
+        self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any
+    ) -> Any:
+        """Send a due entry, stamped with the instant (Redis's clock) it is stale at."""
+        interval = self.app.settings.refresh_interval_seconds
+        entry.kwargs = {**(entry.kwargs or {}), "not_after": self.redis_clock()() + interval}
+        return super().apply_async(entry, producer, advance, **kwargs)
+
+    def redis_clock(self) -> Callable[[], float]:
+        if not hasattr(self, "_clock"):
+            self._clock = process_clock(self.redis_client())
+        return self._clock
+
+    def redis_client(self) -> redis.Redis:
+        if not hasattr(self, "_redis"):
+            self._redis = make_redis(self.app.settings, client_name="prediction-cache-beat")
+        return self._redis
+
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Run due entries, then leave the time of this tick in Redis for /metrics."""
         next_in: float = super().tick(*args, **kwargs)
         settings = self.app.settings
         try:
-            if not hasattr(self, "_heartbeat_redis"):
-                self._heartbeat_redis = make_redis(settings, client_name="prediction-cache-beat")
             write_beat_tick(
-                self._heartbeat_redis, time.time(), 10 * settings.refresh_interval_seconds
+                self.redis_client(), self.redis_clock()(), 10 * settings.refresh_interval_seconds
             )
         except redis.RedisError as exc:  # the schedule goes on without its heartbeat
             log.warning("could not record beat's tick: %r", exc)

@@ -56,6 +56,9 @@ def test_the_api_works_with_least_privilege_and_nothing_more(
     assert (second.status, second.headers["X-Cache"]) == (200, "HIT")
     assert urllib3.request("GET", f"{base}/pairs", timeout=10).status == 200
     assert urllib3.request("GET", f"{base}/readyz", timeout=10).status == 200
+    # The API measured its clock against Redis's (TIME), as the ACL allows.
+    metrics = urllib3.request("GET", f"{base}/metrics", timeout=10).data.decode()
+    assert "\nprediction_clock_offset_seconds " in metrics
 
     api_user = redis.Redis(port=port, username="api", password=password, socket_timeout=2)
     assert api_user.get(prediction_key("ETH-EUR", TEST_VERSION))

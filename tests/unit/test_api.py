@@ -12,6 +12,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from api import create_app
+from predictions.clock import RedisClock
 from predictions.keys import active_version_key, prediction_key
 from predictions.predictor import Predictor
 from predictions.redis_client import make_redis
@@ -253,3 +254,19 @@ def test_a_batch_needs_one_to_a_hundred_pairs(client: FlaskClient, query: str) -
     response = client.get(f"/predict?{query}")
     assert response.status_code == 400
     assert _error(response)["code"] == "bad_request"
+
+
+def test_the_api_starts_whatever_the_broker_says(redis_client: fakeredis.FakeRedis) -> None:
+    # The API never uses the broker: a value only the worker would refuse is no concern.
+    settings = Settings.from_env(
+        {"CELERY_BROKER_URL": "kafka://user:secret@k:9092", "SIMULATED_MODEL_LATENCY_SECONDS": "0"}
+    )
+    client = create_app(settings, redis_client).test_client()
+    assert client.get("/predict/ETH-EUR").status_code == 200
+
+
+def test_the_api_keeps_time_by_redis_clock(redis_client: fakeredis.FakeRedis) -> None:
+    settings = Settings(simulated_model_latency_seconds=0)
+    cache = create_app(settings, redis_client).extensions["predictions"].cache
+    assert isinstance(cache.clock, RedisClock) and cache.clock.measured
+    assert cache.store.clock is cache.clock and cache.predictor.clock is cache.clock

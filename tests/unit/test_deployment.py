@@ -436,6 +436,14 @@ def test_exactly_one_beat(services: dict[str, dict[str, Any]]) -> None:
         assert "-B" not in argv and "--beat" not in argv, f"{name} embeds a beat"
 
 
+def test_workers_scale(services: dict[str, dict[str, Any]]) -> None:
+    # `docker compose up --scale worker=3`: a fixed container name, hostname (the
+    # worker's node name, pinged by its healthcheck) or host port would make replicas
+    # collide. tests/integration/test_scaled_workers.py runs three workers.
+    worker = services["worker"]
+    assert not {"container_name", "hostname", "ports"} & set(worker)
+
+
 def test_app_commands_are_the_procfile_commands(services: dict[str, dict[str, Any]]) -> None:
     procfile = procfile_commands()
     assert as_argv(services["worker"]["command"])[:4] == ["celery", "-A", "worker", "worker"]
@@ -481,7 +489,7 @@ def test_healthchecks_check_the_right_thing(services: dict[str, dict[str, Any]])
     assert "celery -A worker inspect ping" in worker
     assert "celery@$$HOSTNAME" in worker, "ping this worker only, by its node name"
     assert "--timeout" in worker
-    assert "broker_url" in healthcheck_text(services["beat"])
+    assert "ensure_connection" in healthcheck_text(services["beat"])
 
 
 def test_python_healthchecks_compile(services: dict[str, dict[str, Any]]) -> None:

@@ -46,7 +46,10 @@ def test_values_are_coerced_and_pairs_canonicalised() -> None:
         ("REDIS_URL", "redis://localhost:6379/zero"),
         ("REDIS_URL", "redis://localhost:port/0"),
         ("REDIS_URL", "redis://localhost:6379/16"),
-        ("CELERY_BROKER_URL", "amqp://guest@localhost//"),
+        ("REDIS_SENTINELS", "s1"),
+        ("REDIS_SENTINELS", "s1:26379,s2:port"),
+        ("REDIS_SENTINEL_MASTER", "my master"),
+        ("CELERY_BROKER_DATABASE", "other"),
         ("PAIRS", "ETH/EUR"),
         ("PAIRS", "EUR-EUR"),
         ("PAIRS", " , "),
@@ -99,3 +102,75 @@ def test_explicit_broker_wins() -> None:
 def test_database_15_has_no_next_one() -> None:
     with pytest.raises(SettingsError, match="CELERY_BROKER_URL"):
         _ = Settings.from_env({"REDIS_URL": "redis://localhost:6379/15"}).broker_url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://b:6379/5",
+        "rediss://user:pw@b:6380/1",
+        "redis+socket:///run/redis.sock?virtual_host=1",
+        "amqp://guest:guest@rabbit:5672/vhost",
+        "amqps://user:pw@rabbit:5671//",
+        "sentinel://s1:26379;sentinel://s2:26379;sentinel://s3:26379/1",
+        "sentinel://:pw@s1:26379/2",
+    ],
+)
+def test_every_broker_celery_accepts(url: str) -> None:
+    assert Settings.from_env({"CELERY_BROKER_URL": url}).broker_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:hunter2@b:80/",
+        "amqp://user:hunter2@b:port//",
+        "amqp://user:hunter2@b//;amqp://user:hunter2@c//",
+        "kafka://user:hunter2@b:9092",
+    ],
+)
+def test_a_bad_broker_is_refused_without_showing_its_secret(url: str) -> None:
+    # Read without complaint (the API reads these settings and never uses the broker);
+    # refused where the worker and beat read it.
+    settings = Settings.from_env({"CELERY_BROKER_URL": url})
+    with pytest.raises(SettingsError, match="CELERY_BROKER_URL") as caught:
+        _ = settings.broker_url
+    assert "hunter2" not in str(caught.value)
+
+
+def test_broker_in_the_same_database_for_a_redis_with_only_db_0() -> None:
+    settings = Settings.from_env(
+        {"REDIS_URL": "rediss://u:pw@managed:6380/0", "CELERY_BROKER_DATABASE": "same"}
+    )
+    assert settings.broker_url == "rediss://u:pw@managed:6380/0"
+    assert settings.broker_key_prefix == "celery:"
+    assert Settings.from_env({}).broker_key_prefix is None
+
+
+def test_sentinels_and_master_go_together() -> None:
+    with pytest.raises(SettingsError, match="REDIS_SENTINEL_MASTER"):
+        Settings.from_env({"REDIS_SENTINELS": "s1:26379"})
+    with pytest.raises(SettingsError, match="REDIS_SENTINELS"):
+        Settings.from_env({"REDIS_SENTINEL_MASTER": "cache"})
+    with pytest.raises(SettingsError, match="REDIS_URL must be a redis://"):
+        Settings.from_env(
+            {
+                "REDIS_URL": "unix:///run/redis.sock",
+                "REDIS_SENTINELS": "s1:26379",
+                "REDIS_SENTINEL_MASTER": "cache",
+            }
+        )
+
+
+def test_broker_follows_the_sentinels() -> None:
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "redis://:pw@ignored:6379/2",
+            "REDIS_SENTINELS": "s1:26379, s2:26380,[::1]:26381",
+            "REDIS_SENTINEL_MASTER": "cache",
+        }
+    )
+    assert settings.redis_sentinels == (("s1", 26379), ("s2", 26380), ("::1", 26381))
+    assert settings.broker_url == (
+        "sentinel://:pw@s1:26379/3;sentinel://:pw@s2:26380/3;sentinel://:pw@[::1]:26381/3"
+    )

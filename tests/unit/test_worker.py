@@ -5,7 +5,7 @@ import time
 import fakeredis
 import pytest
 
-from beat_schedule import REFRESH_ALL_TASK, build_schedule
+from beat_schedule import CLOCK_SKEW_ALLOWANCE_SECONDS, REFRESH_ALL_TASK, build_schedule
 from predictions.keys import (
     active_version_key,
     compute_lock_key,
@@ -15,7 +15,7 @@ from predictions.keys import (
 from predictions.market_data import SyntheticMarketData
 from predictions.model import ModelLoadError
 from predictions.predictor import Predictor
-from predictions.settings import Settings
+from predictions.settings import Settings, SettingsError
 from predictions.store import PredictionStore
 from predictions.versions import ModelCatalog
 from tests.support import CountingModel
@@ -111,7 +111,37 @@ def test_celery_is_configured_for_safe_delivery() -> None:
     assert conf.task_time_limit > conf.task_soft_time_limit
 
 
-def test_every_scheduled_task_exists_and_expires_within_its_interval() -> None:
+@pytest.mark.parametrize(
+    ("env", "expected", "absent"),
+    [
+        (
+            {"CELERY_BROKER_URL": "amqp://guest:guest@rabbit:5672//"},
+            "read_timeout",
+            "visibility_timeout",
+        ),
+        (
+            {"REDIS_SENTINELS": "s1:26379", "REDIS_SENTINEL_MASTER": "cache"},
+            "master_name",
+            "global_keyprefix",
+        ),
+        ({"CELERY_BROKER_DATABASE": "same"}, "global_keyprefix", "master_name"),
+    ],
+)
+def test_broker_transport_options_fit_the_broker(
+    env: dict[str, str], expected: str, absent: str
+) -> None:
+    options = create_celery(Settings.from_env(env)).conf.broker_transport_options
+    assert expected in options and absent not in options
+    if "master_name" in options:
+        assert options["master_name"] == "cache"
+
+
+def test_a_bad_broker_stops_the_worker_at_start_up() -> None:
+    with pytest.raises(SettingsError, match="CELERY_BROKER_URL"):
+        create_celery(Settings.from_env({"CELERY_BROKER_URL": "kafka://k:9092"}))
+
+
+def test_every_scheduled_task_exists_and_expires_past_any_clock_skew() -> None:
     settings = Settings(prediction_ttl_seconds=6, refresh_interval_seconds=2)
     app = create_celery(settings)
     app.loader.import_default_modules()
@@ -119,7 +149,10 @@ def test_every_scheduled_task_exists_and_expires_within_its_interval() -> None:
     assert schedule == build_schedule(2)
     for entry in schedule.values():
         assert entry["task"] in app.tasks
-        assert entry["options"]["expires"] <= entry["schedule"]
+        # Celery's expiry compares two hosts' clocks: it must outlast their skew. A
+        # backlog within it refreshes once, by the refresh slot (see the next tests).
+        expires = entry["options"]["expires"]
+        assert expires == entry["schedule"] + CLOCK_SKEW_ALLOWANCE_SECONDS >= 60
     assert REFRESH_ALL_TASK in app.tasks
     assert "predictions.refresh_pairs" in app.tasks
 

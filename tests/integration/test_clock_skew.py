@@ -1,0 +1,104 @@
+"""A worker whose host clock is 20 s off (libfaketime): nothing depends on it.
+
+The worker runs under libfaketime (LD_PRELOAD, FAKETIME=+20s or -20s), the API, beat
+and Redis on the machine's clock. Every instant the worker stores comes from Redis's
+clock (predictions.clock), so it refreshes every pair every interval, the API hardly
+ever runs the model, and what clients see agrees with the API's clock.
+
+libfaketime is a Debian package (`make faketime`); without it this skips with the
+reason, unless REQUIRE_FAKETIME_TEST=1 (as CI sets) turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+
+import pytest
+import urllib3
+
+from predictions.prediction import parse_time
+from tests.integration.conftest import TEST_PAIRS, TEST_REFRESH, TEST_TTL, ProcessFactory
+from tests.integration.http import computations, get
+from tests.integration.test_brokers import computed_at
+from tests.processes import RedisServer, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+PAIRS = TEST_PAIRS.split(",")
+WATCH_SECONDS = 8
+
+
+def find_libfaketime() -> str:
+    # The multi-threaded variant: Celery's worker and pool run threads.
+    patterns = [
+        "/usr/lib/*/faketime/libfaketimeMT.so.1",
+        "/usr/local/lib/faketime/libfaketimeMT.so.1",
+    ]
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    reason = "libfaketime is not installed (make faketime)"
+    if os.environ.get("REQUIRE_FAKETIME_TEST") == "1":
+        pytest.fail(f"REQUIRE_FAKETIME_TEST=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.mark.parametrize("skew", ["+20s", "-20s"])
+def test_a_worker_with_a_skewed_clock(
+    start: ProcessFactory, redis_server: RedisServer, skew: str
+) -> None:
+    library = find_libfaketime()
+    metrics = f"127.0.0.1:{free_port()}"
+    worker = start(
+        "worker",
+        LD_PRELOAD=library,
+        FAKETIME=skew,
+        WORKER_CONCURRENCY="2",
+        WORKER_METRICS_BIND=metrics,
+    )
+    start("beat")
+    client = redis_server.client()
+    wait_for(lambda: all(computed_at(client, p) for p in PAIRS), 60, what="every pair cached")
+    api = start("api")
+    seen: dict[str, set[str]] = {pair: set() for pair in PAIRS}
+    deadline = time.monotonic() + WATCH_SECONDS
+    while time.monotonic() < deadline:
+        for pair in PAIRS:
+            answer = get(api, f"/predict/{pair}")
+            now = time.time()
+            assert answer.status == 200, answer.body
+            assert answer.headers["X-Cache"] in ("HIT", "MISS"), answer.headers
+            computed = parse_time(answer.body["computed_at"], pair)
+            fresh_until = parse_time(answer.body["fresh_until"], pair)
+            # By the API's (and this test's) clock: computed in the past, not 20 s
+            # ahead or behind, and fresh for at most a TTL from now.
+            assert now - TEST_TTL - 1 <= computed <= now + 0.5, (skew, computed - now)
+            assert now <= fresh_until + 0.05 <= now + TEST_TTL + 0.5
+            age = int(answer.headers["Age"])
+            assert 0 <= age <= TEST_TTL, answer.headers
+            seen[pair].add(answer.body["computed_at"])
+        time.sleep(0.05)
+    # Refreshed every interval (slack for a loaded machine), by the skewed worker.
+    assert all(len(v) >= WATCH_SECONDS / TEST_REFRESH / 2 for v in seen.values()), seen
+    assert all(computations(worker, pair) >= WATCH_SECONDS / 2 for pair in PAIRS)
+    assert api.count("computed prediction") <= 2
+    # The skew was real, measured, exported and logged: Redis minus the worker's clock.
+    expected = -float(skew.rstrip("s"))
+    assert worker_offsets(metrics) and all(
+        abs(offset - expected) < 1 for offset in worker_offsets(metrics)
+    ), worker_offsets(metrics)
+    side = "ahead of" if expected < 0 else "behind"
+    assert worker.count(f"s {side} Redis's") >= 1, worker.output()[-3000:]
+
+
+def worker_offsets(bind: str) -> list[float]:
+    """prediction_clock_offset_seconds as the worker's /metrics shows it."""
+    text = urllib3.request("GET", f"http://{bind}/metrics", timeout=5, retries=False).data
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.decode().splitlines()
+        if line.startswith("prediction_clock_offset_seconds")
+    ]

@@ -1,0 +1,257 @@
+"""Several hosts, and partitions: Redis, two workers, two API servers and beat, each on
+a host of its own (a Linux network namespace, tests/netns.py), all real processes.
+
+Shown: the two workers share the refreshes; cutting one worker's link changes nothing
+a client sees; cutting one API from Redis (silently: its packets vanish) makes that
+API answer stale or 503 within a second while the other is unaffected; healing both
+restores everything, with no process restarted. The test's own client is a host on
+the same bridge (its threads enter that namespace), so every address used is inside
+the namespaces this test creates, and removes, even on failure.
+
+Root only (CI runs as root): without it this skips with the reason, unless
+REQUIRE_NETNS_TEST=1 (as CI sets) turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import orjson
+import pytest
+import redis
+import urllib3
+
+from predictions.keys import prediction_key
+from predictions.prediction import parse_time
+from scripts.embedded_redis import server_args
+from tests.integration.conftest import TEST_PAIRS, TEST_VERSION
+from tests.integration.http import computations
+from tests.netns import Network, enter_namespace, netns_unavailable
+from tests.processes import BIN, Process, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+PAIRS = TEST_PAIRS.split(",")
+T = TypeVar("T")
+ANSWER_WITHIN = 2.0
+API_PORT = 8000
+REDIS_PORT = 6379
+
+
+@dataclass(frozen=True)
+class Sample:
+    api: str
+    sent: float  # time.monotonic()
+    status: int | None
+    cache: str | None
+    seconds: float
+
+
+class Hosts:
+    """The system spread over namespaces, and a client on the same bridge."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.net = Network()
+        self.processes: dict[str, Process] = {}
+        self.client: ThreadPoolExecutor | None = None
+
+    def start(self) -> Hosts:
+        self.net.start()
+        for host in ("redis", "worker1", "worker2", "api1", "api2", "beat", "client"):
+            self.net.add_host(host)
+        self.client = ThreadPoolExecutor(
+            max_workers=4, initializer=enter_namespace, initargs=(self.net.namespace("client"),)
+        )
+        redis_ip = self.net.hosts["redis"]
+        # Listening beyond loopback, on the bridge only; protected mode would refuse
+        # clients from other addresses without a password.
+        argv = server_args(REDIS_PORT, self.log_dir / "redis-data", "--bind", redis_ip,
+                           "--protected-mode", "no", "--save", "")  # fmt: skip
+        self._run("redis", argv)
+        wait_for(lambda: self.call(lambda: self.redis().ping()), 15, what="redis on the bridge")
+        self.env["REDIS_URL"] = f"redis://{redis_ip}:{REDIS_PORT}/0"
+        for name in ("worker1", "worker2"):
+            self._run(name, [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel=INFO",
+                             "-n", f"{name}@%h"], WORKER_CONCURRENCY="2")  # fmt: skip
+        self._run("beat", [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel=INFO"])
+        for name in ("api1", "api2"):
+            bind = f"{self.net.hosts[name]}:{API_PORT}"
+            self._run(name, [str(BIN / "gunicorn"), "api.wsgi:app"], API_BIND=bind)
+            wait_for(lambda api=name: self.healthy(api), 30, what=f"{name} up")
+        return self
+
+    def _run(self, host: str, argv: list[str], **env: str) -> None:
+        process = Process(host, self.net.argv(host, argv), {**self.env, **env}, self.log_dir)
+        self.processes[host] = process.start()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run fn on a client thread, inside the client's namespace."""
+        assert self.client is not None
+        return self.client.submit(fn).result(timeout=30)
+
+    def healthy(self, api: str) -> bool:
+        return self.call(lambda: self.get(api, "/healthz")[0] == 200)
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis(self.net.hosts["redis"], REDIS_PORT, socket_timeout=2,
+                           socket_connect_timeout=2)  # fmt: skip
+
+    def get(self, api: str, path: str) -> tuple[int, dict[str, str]]:
+        url = f"http://{self.net.hosts[api]}:{API_PORT}{path}"
+        response = urllib3.request("GET", url, timeout=5, retries=False)
+        return response.status, dict(response.headers)
+
+    def computed_at(self, pair: str) -> float:
+        raw = self.redis().get(prediction_key(pair, TEST_VERSION))
+        return 0.0 if raw is None else parse_time(orjson.loads(raw)["computed_at"], pair)
+
+    def stop(self) -> None:
+        try:
+            for process in reversed(self.processes.values()):
+                process.stop()
+            if self.client is not None:
+                self.client.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self.net.close()
+
+
+class Sampler:
+    """Each API asked for every pair in turn, about 20 times a second each, from the
+    client's namespace, until stopped (or max_seconds)."""
+
+    def __init__(self, hosts: Hosts, max_seconds: float = 120) -> None:
+        self.hosts = hosts
+        self.max_seconds = max_seconds
+        self.samples: list[Sample] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._futures: list[object] = []
+
+    def __enter__(self) -> Sampler:
+        assert self.hosts.client is not None
+        for api in ("api1", "api2"):
+            self._futures.append(self.hosts.client.submit(self._run, api))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for future in self._futures:
+            future.result(timeout=30)  # type: ignore[attr-defined]
+
+    def _run(self, api: str) -> None:
+        http = urllib3.PoolManager(maxsize=2, retries=False, timeout=urllib3.Timeout(total=5))
+        base = f"http://{self.hosts.net.hosts[api]}:{API_PORT}"
+        ends = time.monotonic() + self.max_seconds
+        count = 0
+        while not self._stop.wait(0.05) and time.monotonic() < ends:
+            pair = PAIRS[count % len(PAIRS)]
+            count += 1
+            sent = time.monotonic()
+            try:
+                response = http.request("GET", f"{base}/predict/{pair}")
+                status, cache = response.status, response.headers.get("X-Cache")
+            except urllib3.exceptions.HTTPError:
+                status, cache = None, None
+            sample = Sample(api, sent, status, cache, time.monotonic() - sent)
+            with self._lock:
+                self.samples.append(sample)
+
+    def of(self, api: str, since: float, until: float = float("inf")) -> list[Sample]:
+        with self._lock:
+            return [s for s in self.samples if s.api == api and since <= s.sent < until]
+
+
+@pytest.fixture
+def hosts(service_env: dict[str, str], tmp_path: Path) -> Iterator[Hosts]:
+    reason = netns_unavailable()
+    if reason:
+        if os.environ.get("REQUIRE_NETNS_TEST") == "1":
+            pytest.fail(f"REQUIRE_NETNS_TEST=1 but {reason}")
+        pytest.skip(reason)
+    env = {**service_env, "WORKER_METRICS_BIND": "off"}
+    system = Hosts(env, tmp_path)
+    try:
+        yield system.start()
+    finally:
+        system.stop()
+        assert not system.net.leftovers(), "namespaces left behind"
+
+
+def fresh(samples: list[Sample]) -> bool:
+    return all(s.status == 200 and s.cache in ("HIT", "MISS") for s in samples)
+
+
+def test_hosts_share_refreshes_and_survive_partitions(hosts: Hosts) -> None:
+    workers = [hosts.processes["worker1"], hosts.processes["worker2"]]
+    wait_for(
+        lambda: hosts.call(lambda: all(hosts.computed_at(p) for p in PAIRS)),
+        60,
+        what="every pair cached",
+    )
+
+    def done(worker: Process) -> int:
+        return sum(computations(worker, pair) for pair in PAIRS)
+
+    # Both workers share the refreshes.
+    wait_for(lambda: all(done(w) > 0 for w in workers), 30, what="both workers refreshing")
+    with Sampler(hosts) as sampler:
+        time.sleep(3)
+        warm = time.monotonic()
+        assert fresh(sampler.of("api1", 0) + sampler.of("api2", 0))
+
+        # One worker cut off: the other carries every refresh; clients see no change.
+        hosts.net.cut_link("worker1")
+        cut = time.monotonic()
+        before = done(workers[1])
+        time.sleep(6)
+        hosts.net.restore_link("worker1")
+        healed_worker = time.monotonic()
+        during = sampler.of("api1", cut, healed_worker) + sampler.of("api2", cut, healed_worker)
+        assert during and fresh(during), {(s.status, s.cache) for s in during}
+        assert done(workers[1]) - before >= len(PAIRS) * 3, "worker2 did not take over"
+
+        # One API cut off from Redis (silently): stale or 503 within a second; the
+        # other API unaffected.
+        time.sleep(1)
+        hosts.net.blackhole("api1", "redis")
+        partition = time.monotonic()
+        time.sleep(5)
+        hosts.net.heal("api1", "redis")
+        healed_api = time.monotonic()
+        cut_off = sampler.of("api1", partition + 1, healed_api)
+        assert cut_off and all(
+            s.status == 503 or (s.status == 200 and s.cache == "STALE") for s in cut_off
+        ), {(s.status, s.cache) for s in cut_off}
+        other = sampler.of("api2", partition, healed_api)
+        assert other and fresh(other), {(s.status, s.cache) for s in other}
+
+        # Healing restores everything, without restarts.
+        wait_for(
+            lambda: [s.cache for s in sampler.of("api1", time.monotonic() - 1)][-3:] == ["HIT"] * 3,
+            15,
+            what="api1 serving hits again",
+        )
+        restored = time.monotonic()
+        recovered = done(workers[0])
+        wait_for(lambda: done(workers[0]) > recovered, 45, what="worker1 refreshing again")
+    every = sampler.samples
+    assert all(s.status is not None and s.seconds < ANSWER_WITHIN for s in every), max(
+        s.seconds for s in every
+    )
+    for name, process in hosts.processes.items():
+        assert process.running(), f"{name} exited: {process.output()[-2000:]}"
+    for api in ("api1", "api2"):
+        assert hosts.processes[api].count("Booting worker") == 2, f"{api} restarted a worker"
+    print(
+        f"answers {len(every)}; api1 back to HITs {restored - healed_api:.1f} s after the "
+        f"heal; worker link cut {healed_worker - cut:.1f} s, warm {warm:.0f}"
+    )
