@@ -22,6 +22,8 @@ from predictions.cache import Outcome
 from predictions.prediction import Prediction
 
 PREFIX = "/predict/"
+# Pairs whose prepared headers are kept (see _prepare).
+PREPARED_PAIRS = 256
 _HIT = Outcome.HIT.value
 _OUTCOME = "hit"
 
@@ -86,5 +88,9 @@ class HotPath:
             *caching_headers(prediction, now, self.grace, stale=False).items(),
             ("X-Cache", _HIT),
         ]
+        if len(self._prepared) >= PREPARED_PAIRS:
+            # Reuse pays only for pairs asked many times a second; with thousands of
+            # pairs asked in turn, keeping them all would cost kilobytes each for nothing.
+            self._prepared.clear()
         prepared = self._prepared[prediction.pair] = (prediction, second, headers, body)
         return prepared
