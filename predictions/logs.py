@@ -12,23 +12,45 @@ import logging
 import orjson
 from pythonjsonlogger.json import JsonFormatter
 
+from predictions.redact import redact
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 JSON_FIELDS = ("levelname", "name", "process", "message")
 # Our loggers: the core, the API (and its access log) and the worker's own modules.
 LOGGERS = ("predictions", "api", "worker")
 
 
+class TextFormatter(logging.Formatter):
+    """Plain lines, with any URL password masked."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class JsonLineFormatter(JsonFormatter):
+    """One JSON object per line, with any URL password masked."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            JSON_FIELDS,
+            # orjson: a tenth of the stdlib's time, on a line written for every request.
+            json_serializer=_orjson_dumps,
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",  # ISO 8601, UTC
+            json_ensure_ascii=False,
+        )
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def formatter(log_format: str) -> logging.Formatter:
     if log_format == "text":
-        return logging.Formatter(TEXT_FORMAT)
-    return JsonFormatter(
-        JSON_FIELDS,
-        # orjson: a tenth of the stdlib's time, on a line written for every request.
-        json_serializer=_orjson_dumps,
-        rename_fields={"levelname": "level", "name": "logger"},
-        timestamp="time",  # ISO 8601, UTC
-        json_ensure_ascii=False,
-    )
+        return TextFormatter()
+    return JsonLineFormatter()
 
 
 def _orjson_dumps(data: object, **_: object) -> str:
