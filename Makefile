@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback bench bench-quick wrk nginx lint format typecheck clean
+.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback celery forget bench bench-quick wrk nginx lint format typecheck clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -32,8 +32,12 @@ install: $(VENV)/.installed ## Create .venv and install the service (what the Do
 
 dev: $(VENV)/.dev-installed ## Install the service plus test, lint and `make run` tools
 
-run: dev ## Start Redis (embedded unless REDIS_URL is set), worker, beat and the API on :8000
-	scripts/run.sh || [ $$? -eq 130 ]  # 130: stopped by Ctrl-C, as intended
+# Where `make run` keeps its Redis data and, while it runs, its Redis's URL.
+RUN_DIR ?= $(CURDIR)/.run
+export RUN_DIR
+
+run: dev ## Start Redis (embedded unless REDIS_URL is set), worker, beat and the API on :8000 (PRECOMPUTE=0: API only)
+	$(BIN)/python -m scripts.run || [ $$? -eq 130 ]  # 130: stopped by Ctrl-C, as intended
 
 test: dev ## Run the whole suite: unit and integration tests (real Redis, Celery, gunicorn)
 	$(BIN)/python -m pytest
@@ -55,15 +59,29 @@ requests: dev ## Time requests against the running API (URL= PAIR= N= INTERVAL= 
 		$(if $(SAVE),--save $(SAVE)) $(if $(COMPARE),--compare $(COMPARE)) \
 		|| [ $$? -eq 130 ]  # 130: stopped by Ctrl-C after printing its summary
 
-# `make run` writes its embedded Redis's URL here; REDIS_URL, if set, wins.
-RUN_REDIS_URL = $(or $(REDIS_URL),$(shell cat .run/redis-url 2>/dev/null))
+# `make run` writes its embedded Redis's URL here while it runs; REDIS_URL, if set, wins.
+RUN_REDIS_URL = $(or $(REDIS_URL),$(shell cat $(RUN_DIR)/redis-url 2>/dev/null))
+# Stops a tool target with one clear line when there is no system to talk to.
+NEED_SYSTEM = @test -n "$(RUN_REDIS_URL)" || { echo "no \`make run\` is running in this checkout ($(RUN_DIR)/redis-url is absent) and REDIS_URL is not set: start \`make run\` in another terminal" >&2; exit 1; }
 
 rollout: dev ## Precompute every pair with a model, then make the API serve it (MODEL=package.module:obj)
 	@test -n "$(MODEL)" || { echo "usage: make rollout MODEL=package.module:Model" >&2; exit 2; }
-	REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/python -m predictions.rollout "$(MODEL)"
+	$(NEED_SYSTEM)
+	@REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/python -m predictions.rollout "$(MODEL)"
 
 rollback: dev ## Go back to the model version served before the last rollout
-	REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/python -m predictions.rollout --rollback
+	$(NEED_SYSTEM)
+	@REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/python -m predictions.rollout --rollback
+
+celery: dev ## Any celery command against `make run`'s system, e.g. ARGS="inspect ping"
+	@test -n "$(ARGS)" || { echo 'usage: make celery ARGS="inspect ping" (any `celery -A worker` command)' >&2; exit 2; }
+	$(NEED_SYSTEM)
+	@REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/celery -A worker $(ARGS)
+
+forget: dev ## Delete a pair's prediction from `make run`'s Redis: its next request misses (PAIR=ETH-EUR)
+	@test -n "$(PAIR)" || { echo "usage: make forget PAIR=ETH-EUR" >&2; exit 2; }
+	$(NEED_SYSTEM)
+	@REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/python -m scripts.forget "$(PAIR)"
 
 wrk: ## Install wrk, the benchmark's load generator (Debian package; apt-get as root)
 	@command -v wrk >/dev/null && exit 0; \

@@ -69,7 +69,7 @@ def test_no_password_in_output_metrics_or_bodies(
         ["celery", "-A", "worker", "worker"],
         ["celery", "-A", "worker", "beat"],
         ["gunicorn", "api.wsgi:app"],
-        ["python", "scripts/wait_for_redis.py"],
+        ["python", "-m", "scripts.run"],
         ["python", "-m", "predictions.rollout", "--rollback"],
     ],
     ids=lambda argv: " ".join(argv[:3]),

@@ -168,13 +168,10 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 
 
 def procfile_commands() -> dict[str, list[str]]:
-    """What each Procfile process finally execs, as argv (what `make run` runs)."""
-    commands = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        name, sep, command = line.partition(":")
-        if sep and command.strip():
-            commands[name.strip()] = shlex.split(command.rpartition("exec ")[2])
-    return commands
+    """What each process of `make run` runs, as argv (scripts/run.py)."""
+    from scripts.run import COMMANDS
+
+    return {name: list(argv) for name, argv in COMMANDS.items()}
 
 
 def as_argv(command: str | list[str]) -> list[str]:
