@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback celery forget bench bench-quick wrk nginx lint format typecheck clean
+.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback celery forget lock bench bench-quick wrk nginx lint format typecheck clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -16,16 +16,23 @@ $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "prediction-cache needs Python 3.11+, got " + sys.version.split()[0] + ": set PYTHON=python3.11 (or newer)")'
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+# Installs are reproducible: exact versions with hashes from requirements/*.lock (made
+# from pyproject.toml's ranges by `make lock`), then the project itself, without deps.
+SERVICE_LOCK := requirements/service.lock
+DEV_LOCK := requirements/dev.lock
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+$(VENV)/.installed: pyproject.toml $(SERVICE_LOCK) | $(VENV)/bin/python
+	$(PIP_INSTALL) --require-hashes --no-deps -r $(SERVICE_LOCK)
+	$(PIP_INSTALL) --no-deps -e .
 	@touch $@
 
-$(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# The dev lock holds the dev and bench extras (CI runs both the tests and bench-quick).
+$(VENV)/.dev-installed: pyproject.toml $(DEV_LOCK) $(VENV)/.installed
+	$(PIP_INSTALL) --require-hashes --no-deps -r $(DEV_LOCK)
 	@touch $@
 
-$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+$(VENV)/.bench-installed: $(VENV)/.dev-installed
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv and install the service (what the Dockerfile runs)
@@ -107,6 +114,10 @@ bench: $(VENV)/.bench-installed wrk ## Full benchmark against the baselines (~20
 
 bench-quick: $(VENV)/.bench-installed wrk ## Short benchmark (< 2 min, CI): prints the table, writes .run/bench/ only
 	$(BIN)/python -m scripts.bench.run --quick
+
+lock: dev ## Refresh requirements/*.lock from pyproject.toml's ranges (uv pip compile, with hashes; needs PyPI)
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --universal --generate-hashes --upgrade --no-header -q -o $(SERVICE_LOCK)
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --extra dev --extra bench --universal --generate-hashes --upgrade --no-header -q -o $(DEV_LOCK)
 
 lint: dev ## ruff check, ruff format --check and mypy
 	$(BIN)/ruff check .
