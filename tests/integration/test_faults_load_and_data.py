@@ -207,11 +207,12 @@ MODEL_LATENCY = 1.0
 
 def server_seconds(api: Process, status: int) -> list[float]:
     """How long the API took over each answer with this status (its access log)."""
-    return [
-        int(line.split()[2]) / 1e6
+    # gunicorn's access lines are JSON objects (LOG_FORMAT=json): the line is the message.
+    lines = (
+        orjson.loads(line).get("message", "") if line.startswith("{") else line
         for line in api.output().splitlines()
-        if line.startswith(f"{ACCESS} {status} ")
-    ]
+    )
+    return [int(line.split()[2]) / 1e6 for line in lines if line.startswith(f"{ACCESS} {status} ")]
 
 
 def test_stampede_computes_each_pair_once_sheds_load_fast_and_hits_stay_fast(
