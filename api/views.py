@@ -162,7 +162,8 @@ def prometheus_metrics() -> Response:
         return computed, heartbeat.read_beat_tick(store.redis)
 
     collector = metrics.FreshnessCollector(read_freshness, state.cache.clock, state.settings.pairs)
-    return Response(metrics.exposition(collector), mimetype=metrics.CONTENT_TYPE)
+    # content_type, not mimetype: Werkzeug would append a second charset to text/plain.
+    return Response(metrics.exposition(collector), content_type=metrics.CONTENT_TYPE)
 
 
 @bp.get("/openapi.json")
