@@ -135,6 +135,7 @@ class Output:
                     "level": "INFO",
                     "logger": "scripts.run",
                     "message": message,
+                    "source": "run",
                 }
             ).decode()
             with self.lock:
