@@ -1,6 +1,7 @@
 # One image for the API, the Celery worker and beat; docker-compose.yml picks the command.
 # The project is installed the way a developer installs it, by `make install`: the same
-# /app/.venv, the same pins from pyproject.toml, runtime dependencies only.
+# /app/.venv, the same pinned, hashed versions (requirements/service.lock), runtime
+# dependencies only.
 FROM python:3.11-slim-bookworm
 
 # make runs the install; numpy, orjson and hiredis ship wheels, so no compiler is needed.
@@ -17,12 +18,14 @@ ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# The dependency layer, rebuilt only when Makefile, pyproject.toml or README.md change.
+# The dependency layer, rebuilt only when Makefile, pyproject.toml, README.md or the lock change.
 # An editable install needs its packages to exist, so empty stand-ins take their place
 # here; the install finds each package by its path (/app/<package>), so the real code
 # copied below replaces the stand-ins without a reinstall. Keep the stand-ins in step with
 # [tool.setuptools] in pyproject.toml (tests/unit/test_deployment.py checks it).
 COPY Makefile pyproject.toml README.md ./
+# The exact versions, with hashes: the image installs what CI tested.
+COPY requirements/service.lock requirements/
 RUN mkdir predictions api worker \
     && touch predictions/__init__.py api/__init__.py worker/__init__.py beat_schedule.py \
     && PIP_NO_CACHE_DIR=1 make install \
@@ -37,9 +40,12 @@ COPY worker/ worker/
 COPY examples/ examples/
 COPY beat_schedule.py gunicorn.conf.py ./
 
-# gunicorn.conf.py reads API_BIND; inside a container it must listen beyond loopback.
-ENV API_BIND=0.0.0.0:8000
-EXPOSE 8000
+# gunicorn.conf.py reads API_BIND, the worker WORKER_METRICS_BIND: inside a container
+# both must listen beyond loopback, or nothing on the network could reach or scrape
+# them (neither port is published on the host by docker-compose.yml).
+ENV API_BIND=0.0.0.0:8000 \
+    WORKER_METRICS_BIND=0.0.0.0:9808
+EXPOSE 8000 9808
 
 USER 10001:10001
 CMD ["gunicorn", "api.wsgi:app"]

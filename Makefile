@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback bench bench-quick wrk nginx varnish rabbitmq faketime lint format typecheck clean
+.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback celery forget lock bench bench-quick wrk nginx varnish rabbitmq faketime lint format typecheck clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -16,24 +16,35 @@ $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "prediction-cache needs Python 3.11+, got " + sys.version.split()[0] + ": set PYTHON=python3.11 (or newer)")'
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+# Installs are reproducible: exact versions with hashes from requirements/*.lock (made
+# from pyproject.toml's ranges by `make lock`), then the project itself, without deps.
+SERVICE_LOCK := requirements/service.lock
+DEV_LOCK := requirements/dev.lock
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+$(VENV)/.installed: pyproject.toml $(SERVICE_LOCK) | $(VENV)/bin/python
+	$(PIP_INSTALL) --require-hashes --no-deps -r $(SERVICE_LOCK)
+	$(PIP_INSTALL) --no-deps -e .
 	@touch $@
 
-$(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# The dev lock holds the dev and bench extras (CI runs both the tests and bench-quick).
+$(VENV)/.dev-installed: pyproject.toml $(DEV_LOCK) $(VENV)/.installed
+	$(PIP_INSTALL) --require-hashes --no-deps -r $(DEV_LOCK)
 	@touch $@
 
-$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+$(VENV)/.bench-installed: $(VENV)/.dev-installed
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv and install the service (what the Dockerfile runs)
 
 dev: $(VENV)/.dev-installed ## Install the service plus test, lint and `make run` tools
 
-run: dev ## Start Redis (embedded unless REDIS_URL is set), worker, beat and the API on :8000
-	scripts/run.sh || [ $$? -eq 130 ]  # 130: stopped by Ctrl-C, as intended
+# Where `make run` keeps its Redis data and, while it runs, its Redis's URL.
+RUN_DIR ?= $(CURDIR)/.run
+export RUN_DIR
+
+run: dev ## Start Redis (embedded unless REDIS_URL is set), worker, beat and the API on :8000 (PRECOMPUTE=0: API only)
+	$(BIN)/python -m scripts.run || [ $$? -eq 130 ]  # 130: stopped by Ctrl-C, as intended
 
 test: dev ## Run the whole suite: unit and integration tests (real Redis, Celery, gunicorn)
 	$(BIN)/python -m pytest
@@ -55,15 +66,29 @@ requests: dev ## Time requests against the running API (URL= PAIR= N= INTERVAL= 
 		$(if $(SAVE),--save $(SAVE)) $(if $(COMPARE),--compare $(COMPARE)) \
 		|| [ $$? -eq 130 ]  # 130: stopped by Ctrl-C after printing its summary
 
-# `make run` writes its embedded Redis's URL here; REDIS_URL, if set, wins.
-RUN_REDIS_URL = $(or $(REDIS_URL),$(shell cat .run/redis-url 2>/dev/null))
+# `make run` writes its embedded Redis's URL here while it runs; REDIS_URL, if set, wins.
+RUN_REDIS_URL = $(or $(REDIS_URL),$(shell cat $(RUN_DIR)/redis-url 2>/dev/null))
+# Stops a tool target with one clear line when there is no system to talk to.
+NEED_SYSTEM = @test -n "$(RUN_REDIS_URL)" || { echo "no \`make run\` is running in this checkout ($(RUN_DIR)/redis-url is absent) and REDIS_URL is not set: start \`make run\` in another terminal" >&2; exit 1; }
 
 rollout: dev ## Precompute every pair with a model, then make the API serve it (MODEL=package.module:obj)
 	@test -n "$(MODEL)" || { echo "usage: make rollout MODEL=package.module:Model" >&2; exit 2; }
-	REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/python -m predictions.rollout "$(MODEL)"
+	$(NEED_SYSTEM)
+	@REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/python -m predictions.rollout "$(MODEL)"
 
 rollback: dev ## Go back to the model version served before the last rollout
-	REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/python -m predictions.rollout --rollback
+	$(NEED_SYSTEM)
+	@REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/python -m predictions.rollout --rollback
+
+celery: dev ## Any celery command against `make run`'s system, e.g. ARGS="inspect ping"
+	@test -n "$(ARGS)" || { echo 'usage: make celery ARGS="inspect ping" (any `celery -A worker` command)' >&2; exit 2; }
+	$(NEED_SYSTEM)
+	@REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/celery -A worker $(ARGS)
+
+forget: dev ## Delete a pair's prediction from `make run`'s Redis: its next request misses (PAIR=ETH-EUR)
+	@test -n "$(PAIR)" || { echo "usage: make forget PAIR=ETH-EUR" >&2; exit 2; }
+	$(NEED_SYSTEM)
+	@REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/python -m scripts.forget "$(PAIR)"
 
 wrk: ## Install wrk, the benchmark's load generator (Debian package; apt-get as root)
 	@command -v wrk >/dev/null && exit 0; \
@@ -116,6 +141,10 @@ bench: $(VENV)/.bench-installed wrk ## Full benchmark against the baselines (~20
 
 bench-quick: $(VENV)/.bench-installed wrk ## Short benchmark (about 3 min, CI): prints the tables, writes .run/bench/ only
 	$(BIN)/python -m scripts.bench.run --quick
+
+lock: dev ## Refresh requirements/*.lock from pyproject.toml's ranges (uv pip compile, with hashes; needs PyPI)
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --universal --generate-hashes --upgrade --no-header -q -o $(SERVICE_LOCK)
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --extra dev --extra bench --universal --generate-hashes --upgrade --no-header -q -o $(DEV_LOCK)
 
 lint: dev ## ruff check, ruff format --check and mypy
 	$(BIN)/ruff check .

@@ -13,6 +13,7 @@ from predictions.multiprocess import use_multiprocess_dir
 # anything imports prometheus_client (the workers import the app after the fork).
 use_multiprocess_dir("api")
 
+from predictions.logs import gunicorn_logconfig  # noqa: E402
 from predictions.settings import Settings  # noqa: E402
 
 _settings = Settings.from_env()
@@ -56,6 +57,8 @@ _SHM = "/dev/shm"  # noqa: S108
 worker_tmp_dir = _SHM if os.path.isdir(_SHM) else None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
+# gunicorn's own lines in LOG_FORMAT (JSON by default), like the app's.
+logconfig_dict = gunicorn_logconfig(_settings.log_level, _settings.log_format)
 # gunicorn 24+ opens a control socket in $HOME by default; two servers on one machine
 # (tests, a second checkout) would fight over it, and nothing here uses it.
 control_socket_disable = True

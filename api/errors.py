@@ -25,6 +25,7 @@ from werkzeug.exceptions import (
 from werkzeug.wrappers import Response
 
 from predictions.cache import Unavailable as PredictionUnavailable
+from predictions.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ class Unavailable(ServiceUnavailable):
 
 
 def error_body(status: int, code: str, message: str) -> bytes:
-    return orjson.dumps({"error": {"status": status, "code": code, "message": message}})
+    # A message may quote an exception that quotes a Redis URL: never its password.
+    return orjson.dumps({"error": {"status": status, "code": code, "message": redact(message)}})
 
 
 def render_http_error(error: HTTPException) -> Response:

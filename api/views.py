@@ -163,7 +163,7 @@ def prometheus_metrics() -> Response:
         return computed, heartbeat.read_beat_tick(store.redis)
 
     collector = metrics.FreshnessCollector(read_freshness, state.cache.clock, state.settings.pairs)
-    # content_type, not mimetype: Flask would add a second charset to the complete type.
+    # content_type, not mimetype: Werkzeug would append a second charset to text/plain.
     return Response(metrics.exposition(collector), content_type=metrics.CONTENT_TYPE)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, overload
 
 import numpy as np
 
@@ -39,11 +40,42 @@ USD_PRICES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class PriceWindow:
-    """Recent prices of one pair, oldest first: Unix times (s) and prices."""
+class PriceWindow(Sequence[float]):
+    """Recent closing prices of one pair, oldest first, with their Unix times (s).
+
+    It is the sequence of prices itself, so a model written for a list or a numpy
+    array works unchanged: ``len(prices)``, ``prices[-1]``, ``prices[-10:]`` (a numpy
+    array), ``for price in prices``, ``numpy.asarray(prices)``. ``prices.prices`` and
+    ``prices.times`` are the two numpy arrays, for models that need the times too.
+    """
 
     times: np.ndarray
     prices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.prices)
+
+    # A slice is a numpy array, as numpy-style code expects (prices[-5:].mean()),
+    # not the Sequence the ABC names: hence the override.
+    @overload  # type: ignore[override]
+    def __getitem__(self, index: int) -> float: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> np.ndarray: ...
+
+    def __getitem__(self, index: int | slice) -> float | np.ndarray:
+        if isinstance(index, slice):
+            return self.prices[index]
+        return float(self.prices[index])
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.prices.tolist())
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        # numpy.asarray(prices), numpy.log(prices), np.mean(prices)...: the prices.
+        if copy:
+            return np.array(self.prices, dtype=dtype, copy=True)
+        return np.asarray(self.prices, dtype=dtype)
 
 
 class MarketDataError(RuntimeError):

@@ -14,8 +14,12 @@ they are facts about the shared cache, not about any one process.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
 import os
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,6 +32,7 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector
 
 from predictions.multiprocess import MULTIPROC_ENV
@@ -114,10 +119,72 @@ REFRESH_SECONDS = Histogram(
 )
 
 
+# A dead process's values are folded into these files, one per kind, so that the
+# directory holds the live processes' files plus these, however many workers gunicorn
+# recycles (max_requests), and totals stay exact. prometheus-client parses a file's
+# kind (and a gauge's mode) from its name and ignores the rest for counters and
+# histograms; for a "mostrecent" gauge the pid part is a label it drops when merging.
+ARCHIVE = "archive"
+# Summed: counters, histograms, summaries and "sum" gauges. Others, by mode, below.
+_SUMMED = ("counter", "histogram", "summary", "gauge_sum")
+_COMBINED: dict[str, Callable[[float, float, float, float], tuple[float, float]]] = {
+    "gauge_max": lambda old, old_ts, new, ts: (max(old, new), max(old_ts, ts)),
+    "gauge_min": lambda old, old_ts, new, ts: (min(old, new), max(old_ts, ts)),
+    "gauge_mostrecent": lambda old, old_ts, new, ts: (new, ts) if ts >= old_ts else (old, old_ts),
+}
+_LOCK_FILE = ".compaction.lock"  # not *.db: the collector never reads it
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: str, exclusive: bool) -> Iterator[None]:
+    """Scrapes (shared) never see a dead process's values both archived and not."""
+    with open(os.path.join(directory, _LOCK_FILE), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def mark_process_dead(pid: int) -> None:
-    """Drop a dead process's live gauges (its counters still count)."""
-    if MULTIPROCESS_DIR is not None:
-        multiprocess.mark_process_dead(pid, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+    """A process is gone: drop its live gauges, fold the rest into the archive files.
+
+    Without the fold every recycled gunicorn worker left its files behind, so the
+    directory (and each scrape's work) grew without bound under sustained load.
+    """
+    if MULTIPROCESS_DIR is None:
+        return
+    multiprocess.mark_process_dead(pid, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+    with _directory_lock(MULTIPROCESS_DIR, exclusive=True):
+        for path in glob.glob(os.path.join(MULTIPROCESS_DIR, f"*_{pid}.db")):
+            kind = os.path.basename(path)[: -len(f"_{pid}.db")]
+            if kind in _SUMMED or kind in _COMBINED:
+                _fold(path, os.path.join(MULTIPROCESS_DIR, f"{kind}_{ARCHIVE}.db"), kind)
+            # gauge_all (one sample per pid): a dead process's samples are dropped.
+            os.unlink(path)
+
+
+def _fold(source: str, archive: str, kind: str) -> None:
+    # prometheus-client's own file format, through its own (untyped) reader and writer.
+    into: Any = MmapedDict(archive)  # type: ignore[no-untyped-call]
+    values: Any = MmapedDict.read_all_values_from_file(source)  # type: ignore[no-untyped-call]
+    try:
+        for key, value, timestamp, _pos in values:
+            old, old_ts = into.read_value(key)
+            if kind in _SUMMED:
+                into.write_value(key, old + value, max(old_ts, timestamp))
+            else:
+                into.write_value(key, *_COMBINED[kind](old, old_ts, value, timestamp))
+    finally:
+        into.close()
+
+
+class _LockedCollector(multiprocess.MultiProcessCollector):
+    """prometheus-client's collector, reading under the directory's shared lock."""
+
+    def collect(self) -> Iterator[Any]:
+        with _directory_lock(self._path, exclusive=False):
+            return iter(list(super().collect()))  # type: ignore[no-untyped-call]
 
 
 def registry() -> CollectorRegistry:
@@ -125,7 +192,7 @@ def registry() -> CollectorRegistry:
     if MULTIPROCESS_DIR is None:
         return REGISTRY
     combined = CollectorRegistry()
-    multiprocess.MultiProcessCollector(combined, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+    _LockedCollector(combined, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
     return combined
 
 

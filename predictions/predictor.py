@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from collections.abc import Callable, Sequence
 
@@ -145,6 +146,10 @@ class Predictor:
     def _stamp(self, pair: str, price: object, seconds: float, model: LoadedModel) -> Prediction:
         """The prediction record for a price; InvalidPrediction if it is not a price."""
         computed_at = round(self.clock(), 3)
+        if isinstance(price, numbers.Real) and not isinstance(price, bool):
+            # numpy.float64 / float32 (what np.mean or prices[-1] of an array give):
+            # a plain float, or the JSON encoder would refuse it at write time.
+            price = float(price)
         return Prediction(
             pair=pair,
             predicted_price=price,  # type: ignore[arg-type]  # validated by Prediction

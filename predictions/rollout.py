@@ -42,6 +42,7 @@ from predictions.logs import configure_logging
 from predictions.model import LoadedModel, ModelLoadError, load_model
 from predictions.prediction import Prediction
 from predictions.predictor import Predictor
+from predictions.redact import redact
 from predictions.redis_client import make_redis
 from predictions.settings import Settings
 from predictions.store import PredictionStore
@@ -172,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rollout failed, nothing flipped: {exc}", file=sys.stderr)
         return 1
     except redis.RedisError as exc:
-        print(f"rollout failed: Redis at {settings.redis_url}: {exc}", file=sys.stderr)
+        where = redact(settings.redis_url)
+        print(f"rollout failed: Redis at {where}: {redact(str(exc))}", file=sys.stderr)
         return 1
     return 0
 

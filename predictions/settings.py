@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from predictions.keys import InvalidPair, canonical_pair
+from predictions.redact import redact
 
 N = TypeVar("N", int, float)
 
@@ -250,7 +251,8 @@ def _database(url: str) -> int:
 
 
 def _fail(name: str, expected: str, raw: str) -> SettingsError:
-    return SettingsError(f"{name}: expected {expected}, got {raw!r}")
+    # redact: a malformed REDIS_URL still carries its password.
+    return SettingsError(f"{name}: expected {expected}, got {redact(raw)!r}")
 
 
 def _bounded(

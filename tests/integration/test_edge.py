@@ -162,7 +162,9 @@ def past_freshness(answer: Answer) -> float:
 
 def origin_requests(api: Process, prefix: str = "/predict/") -> int:
     """GETs under ``prefix`` that reached the API, by gunicorn's access log."""
-    return len(re.findall(rf'"GET {re.escape(prefix)}\S* HTTP/1\.[01]"', api.output()))
+    # A plain line, or the same line as a JSON string (LOG_FORMAT=json): quotes escaped.
+    pattern = rf'\\?"GET {re.escape(prefix)}\S* HTTP/1\.[01]\\?"'
+    return len(re.findall(pattern, api.output()))
 
 
 def test_edge_serves_hits_and_never_a_prediction_past_its_freshness(edge: Edge) -> None:
@@ -242,3 +244,19 @@ def test_edge_caches_no_errors_and_revalidates_from_its_cache(edge: Edge) -> Non
         assert again.status == 304 and again.headers["ETag"] == etag
     else:  # the copy expired in between and nginx asked the API again
         assert again.status in (200, 304)
+
+
+def test_edge_refuses_metrics_and_logs_json_lines(edge: Edge) -> None:
+    """/metrics is for the internal scraper: the API serves it, the edge never does."""
+    api_bind = edge.api.env["API_BIND"]
+    assert HTTP.request("GET", f"http://{api_bind}/metrics").status == 200
+    for path in ("/metrics", "/metrics/", "/metrics?x=1", "//metrics", "/%6Detrics"):
+        response = HTTP.request("GET", f"{edge.url}{path}")
+        assert response.status == 404, path
+        assert b"prediction_requests_total" not in response.data, path
+    assert origin_requests(edge.api, "/metrics") == 1  # ours, direct; none via the edge
+    fetch(edge, "/predict/ETH-EUR")
+    access = [line for line in edge.nginx.output().splitlines() if "edge.access" in line]
+    assert access, edge.nginx.output()
+    for line in access:
+        assert orjson.loads(line)["logger"] == "edge.access"

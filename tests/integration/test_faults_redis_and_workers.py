@@ -540,24 +540,27 @@ def test_killed_pool_process_and_worker_keep_predictions_fresh(
 
 # --- beat and worker stopped ------------------------------------------------------------
 
-REFRESH_ALL_LINE = re.compile(
-    r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/[\w-]+\] "
+REFRESH_ALL_MESSAGE = re.compile(
     r"Task predictions\.refresh_all\[[0-9a-f-]+\] (received|succeeded in \S+: (\d+))"
 )
 
 
-def log_time(stamp: str) -> datetime:
-    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
-
-
 def refresh_alls(text: str, event: str) -> list[datetime]:
     """When the worker "received", ran ("succeeded") or ran and "fanned out" (not skipped
-    as already done in its interval) each predictions.refresh_all task."""
+    as already done in its interval) each predictions.refresh_all task, by Celery's log
+    lines (JSON objects under LOG_FORMAT=json)."""
     found = []
-    for stamp, kind, batches in REFRESH_ALL_LINE.findall(text):
+    for line in text.splitlines():
+        if not line.startswith("{"):
+            continue
+        record = orjson.loads(line)
+        match = REFRESH_ALL_MESSAGE.search(str(record.get("message", "")))
+        if match is None:
+            continue
+        kind, batches = match.groups()
         kinds = {kind.split()[0]} | ({"fanned out"} if batches and int(batches) else set())
         if event in kinds:
-            found.append(log_time(stamp))
+            found.append(datetime.fromisoformat(record["time"]))
     return found
 
 

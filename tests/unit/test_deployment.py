@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from predictions.settings import Settings
 
@@ -168,13 +170,10 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 
 
 def procfile_commands() -> dict[str, list[str]]:
-    """What each Procfile process finally execs, as argv (what `make run` runs)."""
-    commands = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        name, sep, command = line.partition(":")
-        if sep and command.strip():
-            commands[name.strip()] = shlex.split(command.rpartition("exec ")[2])
-    return commands
+    """What each process of `make run` runs, as argv (scripts/run.py)."""
+    from scripts.run import COMMANDS
+
+    return {name: list(argv) for name, argv in COMMANDS.items()}
 
 
 def as_argv(command: str | list[str]) -> list[str]:
@@ -278,9 +277,15 @@ def test_make_install_pip_installs_the_project_with_runtime_dependencies_only() 
         shlex.split(line) for line in makefile.recipes_for("install") if "pip install" in line
     ]
     assert installs, "`make install` runs no pip install"
+    assert any("." in argv for argv in installs), "`make install` should install the project"
     for argv in installs:
-        assert "." in argv, f"`make install` should install the project itself: {argv}"
         assert not any(arg.startswith(".[") for arg in argv), f"extras in the image: {argv}"
+        if "-r" in argv:  # the dependencies: exactly the locked versions, hashes checked
+            assert "--require-hashes" in argv and "--no-deps" in argv, argv
+            assert argv[argv.index("-r") + 1] == "requirements/service.lock", argv
+        else:
+            assert "--no-deps" in argv, argv
+    assert makefile.variables["SERVICE_LOCK"] == "requirements/service.lock"
     assert makefile.variables["VENV"] == ".venv"
 
 
@@ -315,7 +320,12 @@ def test_dependency_layer_needs_only_the_build_files(
         for source in copy_sources(ins)
     ]
     # Code changes must not invalidate the layer that holds every dependency.
-    assert sorted(before) == ["Makefile", "README.md", "pyproject.toml"]
+    assert sorted(before) == [
+        "Makefile",
+        "README.md",
+        "pyproject.toml",
+        "requirements/service.lock",
+    ]
     # ...so the editable install gets stand-ins for the packages it must find.
     run = dockerfile[install].value
     for path in project_code:
@@ -373,8 +383,14 @@ def test_image_environment(dockerfile: list[Instruction], image_env: dict[str, s
 def test_image_exposes_the_port_it_binds(
     dockerfile: list[Instruction], image_env: dict[str, str]
 ) -> None:
-    exposed = [ins.value.split("/")[0] for ins in dockerfile if ins.keyword == "EXPOSE"]
-    assert exposed == [image_env["API_BIND"].rpartition(":")[2]]
+    exposed = [
+        port.split("/")[0]
+        for ins in dockerfile
+        if ins.keyword == "EXPOSE"
+        for port in ins.value.split()
+    ]
+    binds = (image_env["API_BIND"], image_env["WORKER_METRICS_BIND"])
+    assert exposed == [bind.rpartition(":")[2] for bind in binds]
 
 
 def test_default_command_is_the_api_as_the_procfile_runs_it(
@@ -637,7 +653,8 @@ def test_compose_sets_only_real_settings(services: dict[str, dict[str, Any]]) ->
         if name in PROFILE_SERVICES:
             continue
         env = environment(service)
-        unknown = set(env) - setting_names()
+        # CELERY_QUIET is Celery's own command-line switch (`celery --quiet`), not ours.
+        unknown = set(env) - setting_names() - {"CELERY_QUIET"}
         assert not unknown, f"{name} sets variables that are not settings: {sorted(unknown)}"
         if name in APP_SERVICES:
             settings = Settings.from_env(env)  # raises on a value the service rejects
@@ -689,3 +706,64 @@ def test_compose_publishes_the_api_on_the_hosts_loopback_only(
 ) -> None:
     entries = [str(entry) for entry in services["api"].get("ports") or []]
     assert entries and all(entry.startswith("127.0.0.1:") for entry in entries)
+
+
+# --- issue 13: scrapable worker metrics, graceful stops, the lock ----------------------
+
+
+def test_worker_metrics_listen_beyond_loopback_in_the_image(
+    dockerfile: list[Instruction],
+) -> None:
+    env: dict[str, str] = {}
+    for instruction in dockerfile:
+        if instruction.keyword == "ENV":
+            pairs = (part.partition("=") for part in shlex.split(instruction.value))
+            env.update({key: value for key, _, value in pairs})
+    assert env["WORKER_METRICS_BIND"].startswith("0.0.0.0:")
+
+
+def test_containers_may_stop_more_slowly_than_gunicorn_drains(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    import runpy
+
+    graceful = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["graceful_timeout"]
+    for name in APP_SERVICES:
+        grace = services[name].get("stop_grace_period", "10s")
+        assert grace.endswith("s") and float(grace[:-1]) > graceful + 5, name
+
+
+def _locked(path: Path) -> dict[str, list[str]]:
+    """name -> its pinned versions (a universal lock may pin one per Python version)."""
+    pins: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            name, _, version = line.split(";")[0].strip(" \\").partition("==")
+            pins.setdefault(canonicalize_name(name.split("[")[0]), []).append(version)
+    return pins
+
+
+@pytest.mark.parametrize(
+    ("lock", "extras"),
+    [("service.lock", ()), ("dev.lock", ("dev", "bench", "embedded", "live", "examples"))],
+)
+def test_each_lock_pins_every_dependency_within_pyproject_ranges(
+    lock: str, extras: tuple[str, ...]
+) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    for extra in extras:
+        wanted += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    pins = _locked(ROOT / "requirements" / lock)
+    for requirement in wanted:
+        name = canonicalize_name(requirement.name)
+        if name == "prediction-cache":
+            continue
+        assert name in pins, f"{lock} has no pin for {name}"
+        for version in pins[name]:
+            assert requirement.specifier.contains(version, prereleases=True), (name, version)
+    # Every pin carries its hashes (pip --require-hashes refuses the file otherwise).
+    blocks = (ROOT / "requirements" / lock).read_text().split("\n")
+    for number, line in enumerate(blocks):
+        if "==" in line and not line.startswith((" ", "#")):
+            assert blocks[number + 1].strip().startswith("--hash=sha256:"), line

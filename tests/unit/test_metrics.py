@@ -97,3 +97,9 @@ def test_metrics_still_answer_when_redis_is_down(client: FlaskClient) -> None:
     samples = scrape(client)
     assert requests(samples, "miss_computed") >= 1
     assert not any(name == "prediction_stored" for name, _ in samples)
+
+
+def test_metrics_content_type_has_one_charset(client: FlaskClient) -> None:
+    content_type = client.get("/metrics").headers["Content-Type"]
+    assert content_type.startswith("text/plain; version=")
+    assert content_type.count("charset") == 1, content_type
