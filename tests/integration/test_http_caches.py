@@ -158,8 +158,13 @@ class Setup:
 
     def api_requests(self, pair: str, x_cache: str = r"\S+", cache_control: str = ".*") -> int:
         """Requests for the pair that reached the API (by its access log)."""
-        pattern = rf"^access GET /predict/{pair} \d+ {x_cache} {cache_control}$"
-        return len(re.findall(pattern, self.api.output(), re.MULTILINE))
+        pattern = re.compile(rf"^access GET /predict/{pair} \d+ {x_cache} {cache_control}$")
+        # gunicorn's lines are JSON objects under LOG_FORMAT=json: the line is the message.
+        lines = (
+            orjson.loads(line).get("message", "") if line.startswith("{") else line
+            for line in self.api.output().splitlines()
+        )
+        return sum(1 for line in lines if pattern.match(line))
 
     def drive(self, seconds: float) -> None:
         """Every client asks for its pair every INTERVAL for ``seconds``, all at once."""
