@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import orjson
 import redis
 
 from predictions.keys import prediction_key
@@ -64,6 +65,16 @@ WORKER_LINE = "Using worker: "
 # prefixes of the rest: none of the driver's own may leak into a target.
 _OUR_VARIABLES = frozenset(field.name.upper() for field in dataclasses.fields(Settings))
 _OUR_PREFIXES = ("CELERY", "REDIS", "API_", "PAIRS", "PREDICTION_", "REFRESH_", "SIMULATED_")
+
+
+def _message(line: str) -> str:
+    """A log line's message: gunicorn's lines are JSON objects under LOG_FORMAT=json."""
+    if line.startswith("{"):
+        try:
+            return str(orjson.loads(line).get("message", ""))
+        except orjson.JSONDecodeError:
+            return line
+    return line
 
 
 def base_env(run_id: str, **overrides: str) -> dict[str, str]:
@@ -194,7 +205,7 @@ class Target:
     def _worker_class(self) -> str:
         """The worker class gunicorn says it runs; StartFailed if not the one intended."""
         lines = [
-            line.split(WORKER_LINE, 1)[1].strip()
+            _message(line).split(WORKER_LINE, 1)[1].strip()
             for line in self.server.output().splitlines()
             if WORKER_LINE in line
         ]
