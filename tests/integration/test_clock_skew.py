@@ -67,6 +67,7 @@ def test_a_worker_with_a_skewed_clock(
     deadline = time.monotonic() + WATCH_SECONDS
     while time.monotonic() < deadline:
         for pair in PAIRS:
+            sent = time.time()
             answer = get(api, f"/predict/{pair}")
             now = time.time()
             assert answer.status == 200, answer.body
@@ -76,7 +77,9 @@ def test_a_worker_with_a_skewed_clock(
             # By the API's (and this test's) clock: computed in the past, not 20 s
             # ahead or behind, and fresh for at most a TTL from now.
             assert now - TEST_TTL - 1 <= computed <= now + 0.5, (skew, computed - now)
-            assert now <= fresh_until + 0.05 <= now + TEST_TTL + 0.5
+            # Fresh when served, which was after it was asked for (a loaded machine may
+            # take a while to answer), and fresh for at most a TTL.
+            assert sent <= fresh_until + 0.05 <= now + TEST_TTL + 0.5, (sent, fresh_until, now)
             # The headers agree with the API's clock too: max-age is the freshness left.
             control = answer.headers["Cache-Control"]
             max_age = int(control.split("max-age=")[1].split(",")[0])
@@ -89,9 +92,16 @@ def test_a_worker_with_a_skewed_clock(
     assert api.count("computed prediction") <= 2
     # The skew was real, measured, exported and logged: Redis minus the worker's clock.
     expected = -float(skew.rstrip("s"))
-    assert worker_offsets(metrics) and all(
-        abs(offset - expected) < 1 for offset in worker_offsets(metrics)
-    ), worker_offsets(metrics)
+    # Polled: a measurement whose round trip was too slow (a loaded machine) is retried
+    # a second later rather than trusted.
+    wait_for(
+        lambda: (
+            (found := worker_offsets(metrics))
+            and all(abs(offset - expected) < 1 for offset in found)
+        ),
+        15,
+        what=f"the worker's clock offset near {expected:g} s",
+    )
     side = "ahead of" if expected < 0 else "behind"
     assert worker.count(f"s {side} Redis's") >= 1, worker.output()[-3000:]
 

@@ -54,7 +54,9 @@ def test_a_cold_burst_is_answered_whole_by_one_computation(
     assert set(probe["statuses"]) == {200}
     p99 = load.percentile(probe["latencies"], 99)
     worst = sorted(probe["latencies"])[-5:]
-    assert p99 < 0.05, f"hit p99 {p99 * 1000:.1f} ms during a burst of {count}; worst {worst}"
+    # About 10 to 40 ms on the quiet 2-core machine; a loop blocked by the burst would
+    # hold hits for the model's whole second. The margin is for a loaded machine.
+    assert p99 < 0.075, f"hit p99 {p99 * 1000:.1f} ms during a burst of {count}; worst {worst}"
 
 
 def test_slow_and_idle_clients_neither_starve_others_nor_stay(start: ProcessFactory) -> None:
