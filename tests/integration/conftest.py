@@ -49,6 +49,10 @@ def _flush(redis_server: RedisServer) -> Iterator[None]:
 def service_env(redis_server: RedisServer) -> dict[str, str]:
     """The environment every process of one test shares."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY", "REDIS", "API_"))}
+    # Importing `worker` (test modules do, at collection) sets this in the test process;
+    # inherited, every server of the run would share one metrics directory, and a
+    # "mostrecent" gauge of one (beat's clock offset) would win over another's.
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.update(
         {
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
