@@ -65,16 +65,7 @@ def create_app(
         cache=PredictionCache(
             store,
             predictor,
-            Limits(
-                compute_timeout_seconds=settings.compute_timeout_seconds,
-                max_concurrent_computes=settings.max_concurrent_computes,
-                # A tenth of the connections are always left for hits, however many
-                # requests wait on misses.
-                max_waiting=max(1, settings.api_worker_connections * 9 // 10),
-                stale_grace_seconds=settings.stale_grace_seconds,
-                early_refresh_beta=settings.early_refresh_beta,
-                failed_compute_backoff_seconds=settings.failed_compute_backoff_seconds,
-            ),
+            Limits.from_settings(settings),
             near_cache=near,
             breaker=CircuitBreaker(
                 settings.circuit_failure_threshold,

@@ -44,6 +44,7 @@ from predictions.near_cache import NearCache
 from predictions.prediction import Prediction
 from predictions.predictor import PredictionFailed, Predictor
 from predictions.revalidation import BackgroundRefresher, refresh_early
+from predictions.settings import Settings
 from predictions.single_flight import FlightTimeout, SingleFlight
 from predictions.store import PredictionStore
 from predictions.versions import ModelCatalog
@@ -109,16 +110,30 @@ class Lookup:
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """How long and how much a process may spend on misses."""
+    """How long and how much a process may spend on misses (see Limits.from_settings)."""
 
-    compute_timeout_seconds: float = 10.0
-    max_concurrent_computes: int = 2
-    # Requests of one process waiting on misses at once; the API sets it below its
-    # connection bound, so that some connections are always left for hits.
-    max_waiting: int = 900
-    stale_grace_seconds: float = 60.0
-    early_refresh_beta: float = 1.0  # 0: no early refresh
-    failed_compute_backoff_seconds: float = 1.0
+    compute_timeout_seconds: float
+    max_concurrent_computes: int
+    # Requests of one process waiting on misses at once: below its connection bound,
+    # so that some connections are always left for hits.
+    max_waiting: int
+    stale_grace_seconds: float
+    early_refresh_beta: float  # 0: no early refresh
+    failed_compute_backoff_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The limits of one API process; ``Limits.from_settings(Settings())``: the defaults."""
+        return cls(
+            compute_timeout_seconds=settings.compute_timeout_seconds,
+            max_concurrent_computes=settings.max_concurrent_computes,
+            # A tenth of the connections are always left for hits, however many
+            # requests wait on misses.
+            max_waiting=max(1, settings.api_worker_connections * 9 // 10),
+            stale_grace_seconds=settings.stale_grace_seconds,
+            early_refresh_beta=settings.early_refresh_beta,
+            failed_compute_backoff_seconds=settings.failed_compute_backoff_seconds,
+        )
 
 
 class PredictionCache:
@@ -142,9 +157,13 @@ class PredictionCache:
         self.predictor = predictor
         # The model of each version this process may compute (a rollout changes it).
         self.catalog = catalog or ModelCatalog(predictor.model, "")
-        self.limits = limits or Limits()
+        # Without limits or a breaker (tests), those of the default settings.
+        defaults = Settings()
+        self.limits = limits or Limits.from_settings(defaults)
         self.near = near_cache or NearCache(0)
-        self.breaker = breaker or CircuitBreaker(threshold=3, open_seconds=1.0)
+        self.breaker = breaker or CircuitBreaker(
+            defaults.circuit_failure_threshold, defaults.circuit_open_seconds
+        )
         self.poll_interval = poll_interval_seconds
         self.clock = clock
         self.draw = draw  # uniform in [0, 1), for XFetch

@@ -63,7 +63,7 @@ class CcxtMarketData:
     def __init__(
         self,
         exchange_id: str,
-        timeout_seconds: float = 5.0,
+        timeout_seconds: float,
         window_minutes: int = 60,
         max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
         markets_max_age_seconds: float = DEFAULT_MARKETS_MAX_AGE_SECONDS,

@@ -165,8 +165,8 @@ def _shocks(key: int, first_minute: int, count: int) -> np.ndarray:
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def build_market_data(name: str, timeout_seconds: float = 5.0) -> MarketData:
-    """The source named by the MARKET_DATA setting."""
+def build_market_data(name: str, timeout_seconds: float) -> MarketData:
+    """The source named by MARKET_DATA, its requests bounded by MARKET_DATA_TIMEOUT_SECONDS."""
     if name == "synthetic":
         return SyntheticMarketData()
     kind, _, exchange = name.partition(":")

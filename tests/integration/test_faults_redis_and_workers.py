@@ -399,7 +399,7 @@ def test_a_write_lost_in_a_frozen_redis_does_not_come_back_expired(
     store = PredictionStore(
         make_redis(Settings(redis_url=redis_server.url), client_name="fault-test")
     )
-    predictor = Predictor(CountingModel(), build_market_data("synthetic"), 300, ttl_seconds=1)
+    predictor = Predictor(CountingModel(), build_market_data("synthetic", 5), 300, ttl_seconds=1)
     prediction = predictor.compute("ETH-EUR")
     assert store.redis.ping()
     with frozen(redis_server):

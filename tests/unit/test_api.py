@@ -12,6 +12,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from api import create_app
+from predictions.cache import Limits
 from predictions.clock import RedisClock
 from predictions.keys import active_version_key, prediction_key
 from predictions.predictor import Predictor
@@ -37,6 +38,7 @@ def test_create_app_uses_the_given_settings(
     assert state.settings is settings
     assert state.pairs == frozenset(settings.pairs)
     assert state.cache.store.redis is redis_client
+    assert state.cache.limits == Limits.from_settings(settings)
 
 
 def test_predict_misses_then_hits(client: FlaskClient, model: CountingModel) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from predictions.keys import compute_lock_key, prediction_key
 from predictions.market_data import SyntheticMarketData
 from predictions.near_cache import NearCache
 from predictions.predictor import Predictor
+from predictions.settings import Settings
 from predictions.store import PredictionStore
 from tests.support import CountingModel, FailingModel
 
@@ -32,10 +34,15 @@ def _cache(
     return PredictionCache(
         store,
         predictor,
-        Limits(**{"compute_timeout_seconds": 5, "max_waiting": 50, **limits}),  # type: ignore[arg-type]
+        _limits(**{"compute_timeout_seconds": 5, "max_waiting": 50, **limits}),
         near_cache=NearCache(near),
         poll_interval_seconds=0.005,
     )
+
+
+def _limits(**overrides: float) -> Limits:
+    """The default settings' limits, with some changed."""
+    return dataclasses.replace(Limits.from_settings(Settings()), **overrides)
 
 
 def _slow(model: CountingModel, seconds: float) -> threading.Event:
@@ -224,7 +231,7 @@ def test_near_copies_expire_even_when_read_all_the_time(
 ) -> None:
     mono = [0.0]
     near = NearCache(0.25, monotonic=lambda: mono[0])
-    cache = PredictionCache(store, predictor, Limits(), near_cache=near)
+    cache = PredictionCache(store, predictor, _limits(), near_cache=near)
     cache.get("ETH-EUR")
     redis_client.flushall()
     for _ in range(2):  # hits at 0.1 s, 0.2 s: served from the copy taken at 0
@@ -241,7 +248,7 @@ def test_redis_down_serves_the_last_known_prediction_marked_stale(predictor: Pre
     cache = PredictionCache(
         dead,
         predictor,
-        Limits(stale_grace_seconds=60),
+        _limits(stale_grace_seconds=60),
         near_cache=NearCache(0),
         clock=lambda: now[0],
     )
@@ -275,7 +282,7 @@ def test_the_breaker_stops_trying_a_failing_redis(predictor: Predictor) -> None:
     dead = DeadRedisStore()
     mono = [0.0]
     breaker = CircuitBreaker(threshold=3, open_seconds=1.0, monotonic=lambda: mono[0])
-    cache = PredictionCache(dead, predictor, Limits(), breaker=breaker)
+    cache = PredictionCache(dead, predictor, _limits(), breaker=breaker)
     for _ in range(10):
         with pytest.raises(CacheUnavailable):
             cache.get("ETH-EUR")
@@ -284,3 +291,26 @@ def test_the_breaker_stops_trying_a_failing_redis(predictor: Predictor) -> None:
     with pytest.raises(CacheUnavailable):
         cache.get("ETH-EUR")
     assert dead.attempts == 4
+
+
+def test_limits_come_from_the_settings() -> None:
+    settings = Settings(
+        compute_timeout_seconds=7, stale_grace_seconds=5, api_worker_connections=100
+    )
+    limits = Limits.from_settings(settings)
+    assert limits.compute_timeout_seconds == 7 and limits.stale_grace_seconds == 5
+    assert limits.max_concurrent_computes == settings.max_concurrent_computes
+    assert limits.early_refresh_beta == settings.early_refresh_beta
+    assert limits.failed_compute_backoff_seconds == settings.failed_compute_backoff_seconds
+    # A tenth of the connections are left for hits, however many requests wait on misses.
+    assert limits.max_waiting == 90
+    assert Limits.from_settings(Settings(api_worker_connections=1)).max_waiting == 1
+
+
+def test_a_cache_without_limits_has_the_default_settings(
+    store: PredictionStore, predictor: Predictor
+) -> None:
+    cache = PredictionCache(store, predictor)
+    assert cache.limits == Limits.from_settings(Settings())
+    assert cache.breaker.threshold == Settings().circuit_failure_threshold
+    assert cache.breaker.open_seconds == Settings().circuit_open_seconds

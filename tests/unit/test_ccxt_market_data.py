@@ -575,7 +575,7 @@ def test_one_timeout_fails_one_pair_two_in_a_row_stop_the_prefetch(
 @pytest.mark.parametrize("name", ["ccxt:nosuchexchange", "ccxt:base"])
 def test_an_unknown_exchange_is_refused_naming_the_setting(name: str) -> None:
     with pytest.raises(ValueError, match=r"^MARKET_DATA: ccxt has no exchange"):
-        build_market_data(name)
+        build_market_data(name, TIMEOUT)
 
 
 def test_without_ccxt_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -584,7 +584,7 @@ def test_without_ccxt_the_error_says_what_to_install(monkeypatch: pytest.MonkeyP
     with pytest.raises(ImportError, match=r"pip install 'prediction-cache\[live\]'"):
         importlib.import_module("predictions.ccxt_market_data")
     with pytest.raises(ImportError, match=r"pip install 'prediction-cache\[live\]'"):
-        build_market_data("ccxt:kraken")
+        build_market_data("ccxt:kraken", TIMEOUT)
 
 
 # --- Through the predictor and a refresh --------------------------------------------

@@ -76,4 +76,4 @@ def test_load_model_errors_name_the_setting(import_string: str) -> None:
 
 def test_unknown_market_data_is_refused() -> None:
     with pytest.raises(ValueError, match="MARKET_DATA"):
-        build_market_data("kraken")
+        build_market_data("kraken", 5)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from predictions.settings import DEFAULT_PAIRS, Settings, SettingsError
@@ -174,3 +176,27 @@ def test_broker_follows_the_sentinels() -> None:
     assert settings.broker_url == (
         "sentinel://:pw@s1:26379/3;sentinel://:pw@s2:26380/3;sentinel://:pw@[::1]:26381/3"
     )
+
+
+@pytest.mark.parametrize("field", dataclasses.fields(Settings), ids=lambda field: field.name)
+def test_every_field_is_declared_with_a_coercer_and_a_sentence(
+    field: dataclasses.Field[object],
+) -> None:
+    # A field declared without setting(...) would have no variable and no table row.
+    assert callable(field.metadata.get("coerce")), f"{field.name}: declare it with setting()"
+    doc = field.metadata.get("doc")
+    assert isinstance(doc, str) and doc.strip() and "|" not in doc, field.name
+    assert field.default is not dataclasses.MISSING, field.name
+
+
+@pytest.mark.parametrize("field", dataclasses.fields(Settings), ids=lambda field: field.name)
+def test_every_field_reads_its_variable(field: dataclasses.Field[object]) -> None:
+    name = field.name.upper()
+    if name == "CELERY_BROKER_URL":  # read as given, checked when the worker uses it
+        settings = Settings.from_env({name: "not a url"})
+        assert settings.celery_broker_url == "not a url"
+        with pytest.raises(SettingsError, match=name):
+            settings.broker_url  # noqa: B018 - the property checks the URL
+        return
+    with pytest.raises(SettingsError, match=f"^{name}: "):
+        Settings.from_env({name: "not valid!"})
