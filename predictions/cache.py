@@ -46,7 +46,6 @@ from predictions.predictor import PredictionFailed, Predictor
 from predictions.revalidation import BackgroundRefresher, refresh_early
 from predictions.single_flight import FlightTimeout, SingleFlight
 from predictions.store import PredictionStore
-from predictions.versions import ModelCatalog
 from predictions.write_feed import WriteFollower
 
 log = logging.getLogger(__name__)
@@ -134,14 +133,13 @@ class PredictionCache:
         poll_interval_seconds: float = 0.02,
         clock: Callable[[], float] = time.time,
         draw: Callable[[], float] = random.random,
-        catalog: ModelCatalog | None = None,
         offload: Offload[object] = run_here,
         feed: WriteFollower | None = None,
     ) -> None:
         self.store = store
         self.predictor = predictor
         # The model of each version this process may compute (a rollout changes it).
-        self.catalog = catalog or ModelCatalog(predictor.model, "")
+        self.catalog = predictor.models
         self.limits = limits or Limits()
         self.near = near_cache or NearCache(0)
         self.breaker = breaker or CircuitBreaker(threshold=3, open_seconds=1.0)

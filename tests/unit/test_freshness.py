@@ -77,7 +77,7 @@ def app(clock: Clock, model: SwitchModel) -> Flask:
         failed_compute_backoff_seconds=5,
     )
     predictor = Predictor(
-        model=model,
+        models=model,
         market_data=SyntheticMarketData(),
         horizon_seconds=300,
         ttl_seconds=TTL,
