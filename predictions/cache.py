@@ -72,23 +72,23 @@ class Outcome(enum.StrEnum):
 class Unavailable(RuntimeError):
     """No prediction can be served now; the client should retry shortly."""
 
-    code = "unavailable"
+    error_code = "unavailable"
 
 
 class CacheUnavailable(Unavailable):
-    code = "cache_unavailable"
+    error_code = "cache_unavailable"
 
 
 class ComputeTimeout(Unavailable):
-    code = "compute_timeout"
+    error_code = "compute_timeout"
 
 
 class Overloaded(Unavailable):
-    code = "overloaded"
+    error_code = "overloaded"
 
 
 class ComputeFailed(Unavailable):
-    code = "prediction_failed"
+    error_code = "prediction_failed"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -408,7 +408,7 @@ class PredictionCache:
             if self.clock() < prediction.fresh_until + self.limits.stale_grace_seconds:
                 # It may even be fresh (only the near copy's age ran out): it is still
                 # marked stale, as it could not be checked against Redis.
-                log.info("serving stale pair=%s reason=%s", pair, error.code)
+                log.info("serving stale pair=%s reason=%s", pair, error.error_code)
                 return Lookup(prediction, Outcome.STALE)
         raise error
 
