@@ -146,9 +146,11 @@ lock: dev ## Refresh requirements/*.lock from pyproject.toml's ranges (uv pip co
 	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --universal --generate-hashes --upgrade --no-header -q -o $(SERVICE_LOCK)
 	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --extra dev --extra bench --universal --generate-hashes --upgrade --no-header -q -o $(DEV_LOCK)
 
-lint: dev ## ruff check, ruff format --check and mypy
+lint: dev typecheck ## ruff check, ruff format --check and mypy (what CI and pre-commit run)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+typecheck: dev ## mypy, strict, on the packages, examples and scripts (pyproject.toml)
 	$(BIN)/mypy
 
 format: dev ## Apply ruff's fixes and formatting

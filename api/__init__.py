@@ -21,7 +21,6 @@ from predictions.predictor import Predictor
 from predictions.redis_client import make_redis
 from predictions.settings import Settings
 from predictions.store import PredictionStore
-from predictions.versions import ModelCatalog
 from predictions.write_feed import WriteFollower
 
 
@@ -49,9 +48,7 @@ def create_app(
         clock = process_clock(client)
     if predictor is None:
         predictor = Predictor.from_settings(settings, clock=clock)
-        catalog = ModelCatalog(predictor.model, settings.model)
-    else:  # a test's own model: no import string can build it elsewhere
-        catalog = ModelCatalog(predictor.model, "")
+        predictor.models.default_model()  # now: a MODEL that cannot load stops the start
     if follow_writes is None:  # a client of the caller's (tests): unless asked to
         follow_writes = redis_client is None and settings.near_cache_follows_writes
     store = PredictionStore(client, grace_seconds=settings.stale_grace_seconds, clock=clock)
@@ -73,7 +70,6 @@ def create_app(
                 on_change=lambda opened: metrics.CIRCUIT_OPEN.set(int(opened)),
             ),
             clock=clock,
-            catalog=catalog,
             offload=model_offload(settings.max_concurrent_computes),
             feed=feed,
         ),

@@ -32,20 +32,33 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 1
 
 
-class InvalidPair(BadRequest):
-    code_name = "invalid_pair"
+# Werkzeug's ``code`` is the HTTP status; ``error_code`` is the body's "code", as in
+# the core's exceptions (predictions.cache.Unavailable).
 
 
-class UnknownPair(NotFound):
-    code_name = "unknown_pair"
+class BadPairRequest(BadRequest):
+    """400: the pair is malformed (predictions.keys.InvalidPair)."""
+
+    error_code = "invalid_pair"
 
 
-class Unavailable(ServiceUnavailable):
+class PairNotFound(NotFound):
+    """404: the pair is well formed but not configured."""
+
+    error_code = "unknown_pair"
+
+
+class RetryLater(ServiceUnavailable):
     """503 with Retry-After: the client may try again in a moment."""
 
-    def __init__(self, description: str, code_name: str) -> None:
+    def __init__(self, description: str, error_code: str) -> None:
         super().__init__(description, retry_after=RETRY_AFTER_SECONDS)
-        self.code_name = code_name
+        self.error_code = error_code
+
+
+def error_code(error: HTTPException) -> str:
+    """The body's "code": ours, or Werkzeug's class name in snake case (not_found)."""
+    return getattr(error, "error_code", None) or _snake_case(type(error).__name__)
 
 
 def error_body(status: int, code: str, message: str) -> bytes:
@@ -56,8 +69,7 @@ def error_body(status: int, code: str, message: str) -> bytes:
 def render_http_error(error: HTTPException) -> Response:
     response = error.get_response()
     status = response.status_code
-    code = getattr(error, "code_name", None) or _snake_case(type(error).__name__)
-    response.set_data(error_body(status, code, error.description or response.status))
+    response.set_data(error_body(status, error_code(error), error.description or response.status))
     response.mimetype = "application/json"
     # An error says nothing about the resource: no cache may keep it.
     response.headers["Cache-Control"] = "no-store"
@@ -66,14 +78,12 @@ def render_http_error(error: HTTPException) -> Response:
 
 def render_redis_error(error: redis.RedisError) -> Response:
     log.warning("redis unavailable: %r", error)
-    return render_http_error(
-        Unavailable("the prediction cache is unreachable", "cache_unavailable")
-    )
+    return render_http_error(RetryLater("the prediction cache is unreachable", "cache_unavailable"))
 
 
 def render_unavailable(error: PredictionUnavailable) -> Response:
     log.warning("unavailable: %s", error)
-    return render_http_error(Unavailable(str(error), error.code))
+    return render_http_error(RetryLater(str(error), error.error_code))
 
 
 def render_unexpected(error: Exception) -> Response:

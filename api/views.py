@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from api import observe
-from api.errors import InvalidPair, Unavailable, UnknownPair
+from api.errors import BadPairRequest, PairNotFound, RetryLater, error_code
 from api.http_caching import caching_headers, matches
 from api.openapi import BATCH_PATTERN, MAX_BATCH, openapi_document
 from predictions import heartbeat, keys, metrics
@@ -46,9 +46,9 @@ def configured_pair(text: str, configured: frozenset[str]) -> str:
     try:
         pair = keys.canonical_pair(text)
     except keys.InvalidPair as exc:
-        raise InvalidPair(str(exc)) from None
+        raise BadPairRequest(str(exc)) from None
     if pair not in configured:
-        raise UnknownPair(f"{pair} is not one of the configured pairs (see /pairs)")
+        raise PairNotFound(f"{pair} is not one of the configured pairs (see /pairs)")
     return pair
 
 
@@ -101,7 +101,7 @@ def predict_many() -> Response:
     for text in texts:
         try:
             pair = configured_pair(text, state.pairs)
-        except (InvalidPair, UnknownPair) as error:
+        except (BadPairRequest, PairNotFound) as error:
             items.append({"pair": text[:40], "status": "error", "error": _item_error(error)})
             continue
         items.append({"pair": pair})
@@ -126,7 +126,7 @@ def predict_many() -> Response:
 def _item_error(error: HTTPException) -> dict[str, object]:
     return {
         "status": error.code,
-        "code": getattr(error, "code_name", ""),
+        "code": error_code(error),
         "message": error.description,
     }
 
@@ -182,5 +182,5 @@ def readyz() -> Response:
     try:
         _state().cache.store.redis.ping()
     except Exception as exc:  # any failure to ping means: not ready
-        raise Unavailable(f"the prediction cache is unreachable: {exc}", "not_ready") from None
+        raise RetryLater(f"the prediction cache is unreachable: {exc}", "not_ready") from None
     return _json({"status": "ready"})

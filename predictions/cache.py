@@ -4,7 +4,7 @@ A stored prediction is fresh until its fresh_until, then stale for a grace perio
 (the store keeps it that long), then gone. A read finds one of three things:
 
 - fresh: served as a HIT. Near the end of its freshness, XFetch may pick the read to
-  refresh the pair early, in the background, so that hot pairs never go stale;
+  revalidate the pair early, in the background, so that hot pairs never go stale;
 - stale: served at once, marked STALE, and the pair is recomputed in the background
   (stale-while-revalidate); while that fails, the stale one keeps being served until
   its grace ends (stale-if-error);
@@ -43,11 +43,10 @@ from predictions.model import ModelLoadError
 from predictions.near_cache import NearCache
 from predictions.prediction import Prediction
 from predictions.predictor import PredictionFailed, Predictor
-from predictions.revalidation import BackgroundRefresher, refresh_early
+from predictions.revalidation import BackgroundRevalidator, revalidate_early
 from predictions.settings import Settings
 from predictions.single_flight import FlightTimeout, SingleFlight
 from predictions.store import PredictionStore
-from predictions.versions import ModelCatalog
 from predictions.write_feed import WriteFollower
 
 log = logging.getLogger(__name__)
@@ -74,23 +73,23 @@ class Outcome(enum.StrEnum):
 class Unavailable(RuntimeError):
     """No prediction can be served now; the client should retry shortly."""
 
-    code = "unavailable"
+    error_code = "unavailable"
 
 
 class CacheUnavailable(Unavailable):
-    code = "cache_unavailable"
+    error_code = "cache_unavailable"
 
 
 class ComputeTimeout(Unavailable):
-    code = "compute_timeout"
+    error_code = "compute_timeout"
 
 
 class Overloaded(Unavailable):
-    code = "overloaded"
+    error_code = "overloaded"
 
 
 class ComputeFailed(Unavailable):
-    code = "prediction_failed"
+    error_code = "prediction_failed"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -149,14 +148,13 @@ class PredictionCache:
         poll_interval_seconds: float = 0.02,
         clock: Callable[[], float] = time.time,
         draw: Callable[[], float] = random.random,
-        catalog: ModelCatalog | None = None,
         offload: Offload[object] = run_here,
         feed: WriteFollower | None = None,
     ) -> None:
         self.store = store
         self.predictor = predictor
         # The model of each version this process may compute (a rollout changes it).
-        self.catalog = catalog or ModelCatalog(predictor.model, "")
+        self.catalog = predictor.models
         # Without limits or a breaker (tests), those of the default settings.
         defaults = Settings()
         self.limits = limits or Limits.from_settings(defaults)
@@ -173,18 +171,18 @@ class PredictionCache:
         self._flights: SingleFlight[Lookup] = SingleFlight()
         self._computing = threading.BoundedSemaphore(self.limits.max_concurrent_computes)
         self._waiting = threading.BoundedSemaphore(self.limits.max_waiting)
-        self.refresher = BackgroundRefresher(
+        self.revalidator = BackgroundRevalidator(
             self.limits.max_concurrent_computes, self.limits.failed_compute_backoff_seconds
         )
 
     def near_hit(self, pair: str) -> Prediction | None:
         """The pair's fresh near copy, if this process may serve one without asking
-        Redis (the API's hot path); XFetch may pick it for an early refresh."""
+        Redis (the API's hot path); XFetch may pick it for early revalidation."""
         if self.feed is not None:
             self.feed.ensure_running()
         prediction = self.near.get(pair)  # only ever a fresh one
         if prediction is not None:
-            self._consider_early_refresh(prediction, self.clock())
+            self._consider_early_revalidation(prediction, self.clock())
         return prediction
 
     def get(self, pair: str) -> Lookup:
@@ -245,7 +243,7 @@ class PredictionCache:
         for pair in pairs:
             prediction = self.near.get(pair)
             if prediction is not None:
-                self._consider_early_refresh(prediction, now)
+                self._consider_early_revalidation(prediction, now)
                 found[pair] = Lookup(prediction, Outcome.HIT)
             else:
                 wanted.append(pair)
@@ -277,9 +275,9 @@ class PredictionCache:
         return found
 
     def _classify(self, prediction: Prediction, now: float) -> Lookup:
-        """HIT or STALE for a stored prediction, starting a background refresh if due."""
+        """HIT or STALE for a stored prediction, revalidating it in the background if due."""
         if prediction.is_fresh(now):
-            self._consider_early_refresh(prediction, now)
+            self._consider_early_revalidation(prediction, now)
             return Lookup(prediction, Outcome.HIT)
         self._revalidate(prediction, "stale")
         return Lookup(prediction, Outcome.STALE)
@@ -295,7 +293,7 @@ class PredictionCache:
             # A fresh cache has no active version yet: this process's model becomes it.
             version = self.catalog.activate_default_if_none(self.store.redis)
             self.near.observe(version, read.flip_pending)
-        if self.refresher.resting(pair):
+        if self.revalidator.resting(pair):
             # It failed moments ago: answer at once rather than run the model again.
             raise ComputeFailed(f"{pair}: the model failed moments ago; retry shortly")
         return self._compute_once(pair, version)
@@ -349,14 +347,14 @@ class PredictionCache:
                 )
             except ModelLoadError as exc:
                 log.error("cannot build model version=%s error=%s", version, exc)
-                self.refresher.failed(pair)
+                self.revalidator.failed(pair)
                 raise ComputeFailed(str(exc)) from exc
             except PredictionFailed as exc:
-                self.refresher.failed(pair)
+                self.revalidator.failed(pair)
                 raise ComputeFailed(str(exc)) from exc
         finally:
             self._computing.release()
-        self.refresher.succeeded(pair)
+        self.revalidator.succeeded(pair)
         try:
             self.store.write(prediction, self.clock())
         except REDIS_DOWN as exc:
@@ -365,21 +363,21 @@ class PredictionCache:
             log.warning("could not store prediction pair=%s error=%r", pair, exc)
         return prediction
 
-    def _consider_early_refresh(self, prediction: Prediction, now: float) -> None:
+    def _consider_early_revalidation(self, prediction: Prediction, now: float) -> None:
         beta = self.limits.early_refresh_beta
         # 1 - random() is in (0, 1]: log(0) can never come up.
-        if beta and refresh_early(
+        if beta and revalidate_early(
             prediction.fresh_until - now, prediction.compute_seconds, beta, 1.0 - self.draw()
         ):
             self._revalidate(prediction, "early")
 
     def _revalidate(self, seen: Prediction, reason: str) -> None:
         """Recompute seen.pair in the background, unless already under way here."""
-        self.refresher.submit(
-            seen.pair, functools.partial(self._refresh_in_background, seen=seen, reason=reason)
+        self.revalidator.submit(
+            seen.pair, functools.partial(self._revalidate_in_background, seen=seen, reason=reason)
         )
 
-    def _refresh_in_background(self, pair: str, seen: Prediction, reason: str) -> None:
+    def _revalidate_in_background(self, pair: str, seen: Prediction, reason: str) -> None:
         result = "skipped"
         try:
             client = self.store.redis
@@ -393,7 +391,7 @@ class PredictionCache:
             try:
                 current = self.store.read_version(pair, version)
                 if current is not None and current.computed_at > seen.computed_at:
-                    return  # refreshed since this request looked
+                    return  # recomputed since this request looked
                 prediction = self._compute_and_store(pair, version, None)
             finally:
                 _release(client, pair, version, token)
@@ -410,7 +408,7 @@ class PredictionCache:
         finally:
             metrics.REVALIDATIONS.labels(reason, result).inc()
             log.info(
-                "background refresh pair=%s reason=%s result=%s",
+                "background revalidation pair=%s reason=%s result=%s",
                 pair,
                 reason,
                 result,
@@ -429,7 +427,7 @@ class PredictionCache:
             if self.clock() < prediction.fresh_until + self.limits.stale_grace_seconds:
                 # It may even be fresh (only the near copy's age ran out): it is still
                 # marked stale, as it could not be checked against Redis.
-                log.info("serving stale pair=%s reason=%s", pair, error.code)
+                log.info("serving stale pair=%s reason=%s", pair, error.error_code)
                 return Lookup(prediction, Outcome.STALE)
         raise error
 

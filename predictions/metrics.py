@@ -78,6 +78,8 @@ COMPUTE_SECONDS = Histogram(
     "Time a model computation took, market data included.",
     buckets=COMPUTE_BUCKETS,
 )
+# The API's revalidations. The metric keeps its first name, which dashboards and
+# docs/operations.md know, although "refresh" now means the worker's only.
 REVALIDATIONS = Counter(
     "prediction_background_refreshes",
     "Background recomputations started by the API, by reason (stale, early) and "
@@ -228,7 +230,7 @@ class FreshnessCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             computed, last_tick = self.read()
-        except Exception:  # noqa: BLE001 - a scrape must not fail on a Redis outage
+        except Exception:  # a scrape must not fail on a Redis outage
             return
         now = self.clock()
         age = GaugeMetricFamily(

@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 
 from predictions import metrics
 from predictions.market_data import MarketData, build_market_data
-from predictions.model import LoadedModel, Model, load_model
+from predictions.model import LoadedModel, Model
 from predictions.prediction import Prediction
 from predictions.settings import Settings
+from predictions.versions import ModelCatalog
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +22,11 @@ class PredictionFailed(RuntimeError):
 
 
 class Predictor:
-    """A model fed by a market-data source, stamping each answer with its expiry."""
+    """Models fed by a market-data source, stamping each answer with its expiry."""
 
     def __init__(
         self,
-        model: Model | LoadedModel | None,
+        models: ModelCatalog | Model | LoadedModel,
         market_data: MarketData,
         horizon_seconds: int,
         ttl_seconds: float,
@@ -33,8 +34,14 @@ class Predictor:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        # None: every computation names its model (the worker's catalog builds them).
-        self.model = model if isinstance(model, LoadedModel | None) else LoadedModel(model)
+        # The catalog owns the models; a model handed over in code (tests) becomes the
+        # default of a catalog of its own.
+        if isinstance(models, ModelCatalog):
+            self.models = models
+        else:
+            self.models = ModelCatalog(
+                models if isinstance(models, LoadedModel) else LoadedModel(models)
+            )
         self.market_data = market_data
         self.horizon_seconds = horizon_seconds
         self.ttl_seconds = ttl_seconds
@@ -46,13 +53,12 @@ class Predictor:
     def from_settings(
         cls,
         settings: Settings,
-        with_model: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> Predictor:
-        """Load the configured model (unless told not to: the worker's catalog builds
-        models) and market data, once per process."""
+        """The configured market data, and a catalog that builds the configured model on
+        first need (the API asks for it at start, the worker in the background)."""
         return cls(
-            model=load_model(settings.model) if with_model else None,
+            models=ModelCatalog(settings.model),
             market_data=build_market_data(
                 settings.market_data, settings.market_data_timeout_seconds
             ),
@@ -63,11 +69,9 @@ class Predictor:
         )
 
     def compute(self, pair: str, model: LoadedModel | None = None) -> Prediction:
-        """Run the model (this predictor's, or ``model``) for ``pair``; raise
+        """Run ``model`` (by default, the catalog's default) for ``pair``; raise
         PredictionFailed rather than return junk."""
-        model = model or self.model
-        if model is None:
-            raise PredictionFailed(f"{pair}: no model given")
+        model = model or self.models.default_model()
         started = time.perf_counter()
         if self.simulated_latency_seconds:
             self.sleep(self.simulated_latency_seconds)
@@ -95,9 +99,7 @@ class Predictor:
                 prefetch(pairs, self.clock())
             except Exception as exc:  # each pair's read below says what it lacks
                 log.warning("market data prefetch failed error=%r", exc)
-        model = model or self.model
-        if model is None:
-            return [], dict.fromkeys(pairs, "no model given")
+        model = model or self.models.default_model()
         if not model.batches:
             predictions, failures = [], {}
             for pair in pairs:

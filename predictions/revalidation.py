@@ -1,9 +1,10 @@
-"""Background recomputation in the API process, at most one per pair at a time.
+"""Revalidation: background recomputation in the API process, one per pair at a time.
 
-A request that finds a stale prediction (or a fresh one that XFetch picks for an
-early refresh) answers at once and hands the pair to a BackgroundRefresher. Within a
+("Refresh" is the worker's periodic recomputation; "revalidate" is the API's.) A
+request that finds a stale prediction (or a fresh one that XFetch picks for early
+revalidation) answers at once and hands the pair to a BackgroundRevalidator. Within a
 process, a pair already queued or running is not queued again; across processes and
-hosts, the refresh itself takes the pair's compute lock in Redis (the same lock as
+hosts, the revalidation itself takes the pair's compute lock in Redis (the same lock as
 the miss path and the worker), so exactly one computation runs. After a computation
 fails, the pair rests for ``backoff_seconds``: its stale prediction is served, and the
 model is not asked again on every request (stale-if-error).
@@ -24,8 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 log = logging.getLogger(__name__)
 
 
-def refresh_early(remaining_seconds: float, delta_seconds: float, beta: float, draw: float) -> bool:
-    """XFetch (Vattani, Chierichetti and Lowenstein, VLDB 2015): refresh now?
+def revalidate_early(
+    remaining_seconds: float, delta_seconds: float, beta: float, draw: float
+) -> bool:
+    """XFetch (Vattani, Chierichetti and Lowenstein, VLDB 2015): recompute now, early?
 
     True with probability exp(-remaining / (delta * beta)) for ``draw`` uniform in
     (0, 1]: -log(draw) is exponentially distributed, so this is the paper's test
@@ -36,8 +39,8 @@ def refresh_early(remaining_seconds: float, delta_seconds: float, beta: float, d
     return -delta_seconds * beta * math.log(draw) >= remaining_seconds
 
 
-class BackgroundRefresher:
-    """Runs ``refresh(pair)`` on a few threads, once per pair at a time."""
+class BackgroundRevalidator:
+    """Runs ``revalidate(pair)`` on a few threads, once per pair at a time."""
 
     def __init__(
         self,
@@ -54,17 +57,17 @@ class BackgroundRefresher:
         # Made on first use: after gunicorn forks its workers, never in the master.
         self._executor: ThreadPoolExecutor | None = None
 
-    def submit(self, pair: str, refresh: Callable[[str], object]) -> bool:
-        """Queue a refresh of ``pair`` unless one is pending or the pair is resting."""
+    def submit(self, pair: str, revalidate: Callable[[str], object]) -> bool:
+        """Queue a revalidation of ``pair`` unless one is pending or the pair is resting."""
         with self._lock:
             if pair in self._pending or self.resting(pair):
                 return False
             self._pending.add(pair)
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.threads, "prediction-refresh")
+                self._executor = ThreadPoolExecutor(self.threads, "prediction-revalidate")
             executor = self._executor
         try:
-            executor.submit(self._run, pair, refresh)
+            executor.submit(self._run, pair, revalidate)
         except RuntimeError:  # shutting down
             self._done(pair)
             return False
@@ -83,7 +86,7 @@ class BackgroundRefresher:
         self._resting.pop(pair, None)
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until no refresh is pending (for tests and shutdown); True if idle."""
+        """Wait until no revalidation is pending (for tests and shutdown); True if idle."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
@@ -92,11 +95,11 @@ class BackgroundRefresher:
             time.sleep(0.005)
         return False
 
-    def _run(self, pair: str, refresh: Callable[[str], object]) -> None:
+    def _run(self, pair: str, revalidate: Callable[[str], object]) -> None:
         try:
-            refresh(pair)
+            revalidate(pair)
         except Exception:  # a thread has no caller to raise to: log it, and rest
-            log.exception("background refresh failed pair=%s", pair, extra={"pair": pair})
+            log.exception("background revalidation failed pair=%s", pair, extra={"pair": pair})
             self.failed(pair)
         finally:
             self._done(pair)

@@ -20,14 +20,18 @@ from predictions.model import LoadedModel, ModelLoadError, load_model
 log = logging.getLogger(__name__)
 
 
-def register(client: redis.Redis, model: LoadedModel, import_string: str) -> None:
-    """Record how to build ``model``'s version (kept: a rollback may need it)."""
+def register(client: redis.Redis, model: LoadedModel, import_string: str | None) -> None:
+    """Record how to build ``model``'s version (kept: a rollback may need it).
+
+    A model handed over in code (tests) has no import string: no other process can
+    build it, so nothing is recorded.
+    """
     check_version(model.version)
-    if import_string:  # a model handed over in code (tests) has none
+    if import_string is not None:
         client.set(model_import_key(model.version), import_string)
 
 
-def activate_if_none(client: redis.Redis, model: LoadedModel, import_string: str) -> str:
+def activate_if_none(client: redis.Redis, model: LoadedModel, import_string: str | None) -> str:
     """Make ``model`` the active version if no version is; return the active one."""
     register(client, model, import_string)
     pipe = client.pipeline(transaction=False)
@@ -45,7 +49,7 @@ def read_active(client: redis.Redis) -> str | None:
 
 
 class ModelCatalog:
-    """Per process: the model of each version, each built once, on first need.
+    """Per process, the one owner of models: each version's, built once, on first need.
 
     The process's own MODEL is the default; any other version is built from the
     import string its rollout recorded. A version whose import string now builds a
@@ -58,22 +62,53 @@ class ModelCatalog:
     into Celery's task time limits; the batch is skipped until the model is there).
     """
 
-    def __init__(self, default: LoadedModel | None, default_import: str) -> None:
-        self.default = default
-        self.default_import = default_import
+    def __init__(self, default: str | LoadedModel) -> None:
+        """``default``: MODEL's import string (built on first need), or a model handed
+        over in code (tests): with no import string, no other process can build it."""
+        self._default: LoadedModel | None = None  # until built
+        self._default_import: str | None = None
         self._models: dict[str, LoadedModel] = {}
-        if default is not None:
-            self._models[default.version] = default
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Thread] = {}  # import string -> its build
         self._built: dict[str, LoadedModel] = {}
         self._failed: dict[str, ModelLoadError] = {}
-        # Whether this process said that its MODEL is not the active version.
-        self.warned_inactive = False
+        self._warned_inactive = False
+        if isinstance(default, LoadedModel):
+            self._keep_default(default)
+        else:
+            self._default_import = default
+
+    @property
+    def default(self) -> LoadedModel | None:
+        """The default model, if built yet."""
+        return self._default
+
+    def default_model(self) -> LoadedModel:
+        """The default model, built now if need be; ModelLoadError if it cannot be."""
+        with self._lock:
+            default = self._default
+            if default is None:
+                if self._default_import is None:  # never: a model handed over is kept at once
+                    raise ModelLoadError("this catalog has no default model")
+                default = self._keep_default(load_model(self._default_import))
+            return default
 
     def activate_default_if_none(self, client: redis.Redis) -> str:
-        default = self.default or self.model_from(self.default_import)
-        return activate_if_none(client, default, self.default_import)
+        return activate_if_none(client, self.default_model(), self._default_import)
+
+    def warn_if_default_inactive(self, active: str | None) -> None:
+        """Say once per process that MODEL is not the version the cache serves."""
+        default = self._default
+        if default is None or default.version == active or self._warned_inactive:
+            return
+        self._warned_inactive = True
+        log.warning(
+            "MODEL builds version %s, but the cache serves version %s (rolled out, or "
+            "from an earlier run): refreshing %s; `make rollout MODEL=...` switches",
+            default.version,
+            active,
+            active,
+        )
 
     def model(self, client: redis.Redis, version: str) -> LoadedModel:
         """The model of ``version``, built now if need be; ModelLoadError if it cannot be."""
@@ -88,21 +123,14 @@ class ModelCatalog:
             self._models[version] = model
             return model
 
-    def model_from(self, import_string: str) -> LoadedModel:
-        """The default model, built now if need be."""
-        with self._lock:
-            if self.default is None:
-                self.default = load_model(import_string)
-                self._models[self.default.version] = self.default
-            return self.default
-
     def default_if_ready(self, wait_seconds: float) -> LoadedModel | None:
         """The default model, if built within ``wait_seconds`` (in the background)."""
-        if self.default is None:
-            model = self._build_in_background(self.default_import, None, wait_seconds)
+        if self._default is None and self._default_import is not None:
+            model = self._build_in_background(self._default_import, None, wait_seconds)
             if model is not None:
-                self.default = model
-        return self.default
+                with self._lock:
+                    self._keep_default(model)
+        return self._default
 
     def model_if_ready(
         self, client: redis.Redis, version: str, wait_seconds: float
@@ -116,12 +144,22 @@ class ModelCatalog:
         return self._build_in_background(import_string, version, wait_seconds)
 
     def _import_string(self, client: redis.Redis, version: str) -> str:
-        if self.default is not None and version == self.default.version:
-            return self.default_import
+        default = self._default
+        if default is not None and version == default.version and self._default_import is not None:
+            return self._default_import
         raw = client.get(model_import_key(version))
         if raw is None:
             raise ModelLoadError(f"model version {version!r}: no import string recorded")
         return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def _keep_default(self, model: LoadedModel) -> LoadedModel:
+        """The default: ``model`` unless one was kept first (the caller holds the lock,
+        or no other thread has the catalog yet)."""
+        if self._default is not None:
+            return self._default
+        self._default = model
+        self._models.setdefault(model.version, model)
+        return model
 
     def _build_in_background(
         self, import_string: str, version: str | None, wait_seconds: float

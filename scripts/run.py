@@ -71,7 +71,7 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             process_group=0,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call in the child
+            preexec_fn=_die_with_parent,  # safe after fork: only a prctl call in the child
         )
         self.reader = threading.Thread(target=self._copy, args=(out,), daemon=True)
         self.reader.start()

@@ -14,7 +14,7 @@ from predictions import metrics
 from predictions.clock import process_clock
 from predictions.keys import InvalidPair, canonical_pair, refresh_slot_key
 from predictions.locks import acquire_many, release_many
-from predictions.model import ModelLoadError
+from predictions.model import LoadedModel, ModelLoadError
 from predictions.predictor import Predictor
 from predictions.redis_client import make_redis
 from predictions.settings import Settings
@@ -26,27 +26,39 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class RefreshResources:
-    """What a refresh needs: the configured pairs, the predictor and the store."""
+    """What a refresh needs: the configured pairs, the predictor (and its models) and
+    the store."""
 
     pairs: frozenset[str]
     predictor: Predictor
     store: PredictionStore
-    catalog: ModelCatalog
     # Redis's time, as this process measures it: every instant written comes from it.
     clock: Callable[[], float] = time.time
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RefreshResources:
-        # The model is built by the catalog, in the background (see refresh_pairs).
+        # The model is built by the catalog, in the background (see served_model).
         client = make_redis(settings, client_name="prediction-cache-worker")
         clock = process_clock(client)
         return cls(
             pairs=frozenset(settings.pairs),
-            predictor=Predictor.from_settings(settings, with_model=False, clock=clock),
-            catalog=ModelCatalog(None, settings.model),
+            predictor=Predictor.from_settings(settings, clock=clock),
             store=PredictionStore(client, grace_seconds=settings.stale_grace_seconds, clock=clock),
             clock=clock,
         )
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        return self.predictor.models
+
+
+@dataclasses.dataclass
+class Tally:
+    """What a refresh did with its pairs."""
+
+    written: int = 0
+    failed: int = 0
+    skipped: int = 0
 
 
 def batches(pairs: Sequence[str], batch_size: int, min_batches: int) -> list[tuple[str, ...]]:
@@ -71,13 +83,9 @@ def claim_refresh_slot(client: redis.Redis, interval_seconds: float, now: float)
     return bool(client.set(refresh_slot_key(slot), b"1", nx=True, px=ttl_ms))
 
 
-def refresh_pairs(
-    pairs: Sequence[str],
-    resources: RefreshResources,
-    compute_timeout_seconds: float = 10.0,
-    refresh_interval_seconds: float = 20.0,
-) -> int:
-    """Compute each pair and store the results, a group at a time.
+def refresh_batch(pairs: Sequence[str], resources: RefreshResources, settings: Settings) -> int:
+    """Compute each pair and store the results, a group at a time; return how many
+    were written.
 
     A pair whose compute lock is held (an API request or another refresh is computing
     it) is skipped: its prediction is on its way. A pair whose model fails is logged
@@ -87,73 +95,94 @@ def refresh_pairs(
     """
     started = time.perf_counter()
     wanted = _configured(pairs, resources.pairs)
-    client = resources.store.redis
-    # The version the API serves: a rollout moves it, and refreshes follow. Models are
-    # built in the background, so a slow load never runs into the task's time limits:
-    # until it is there (at most a refresh interval is waited here), batches are skipped.
-    catalog = resources.catalog
     try:
-        version = read_active(client)
-        if version is None and catalog.default_if_ready(refresh_interval_seconds):
-            version = catalog.activate_default_if_none(client)
-        model = None
-        if version is not None:
-            model = catalog.model_if_ready(client, version, refresh_interval_seconds)
+        served = served_model(resources, settings.refresh_interval_seconds)
     except ModelLoadError as exc:
         log.error("refresh failed: cannot build model error=%s", exc)
         metrics.REFRESHES.labels("failed").inc(len(wanted))
         return 0
-    default = catalog.default
-    if default is not None and default.version != version and not catalog.warned_inactive:
-        catalog.warned_inactive = True
-        log.warning(
-            "MODEL builds version %s, but the cache serves version %s (rolled out, or "
-            "from an earlier run): refreshing %s; `make rollout MODEL=...` switches",
-            default.version,
-            version,
-            version,
-        )
-    if model is None or version is None:
+    if served is None:
         log.warning("refresh skipped: the model is still loading pairs=%d", len(wanted))
         metrics.REFRESHES.labels("skipped").inc(len(wanted))
         return 0
-    group_size, lock_seconds = lock_plan(
+    version, model = served
+    plan = lock_plan(
         resources.predictor.simulated_latency_seconds,
-        compute_timeout_seconds,
-        refresh_interval_seconds,
+        settings.compute_timeout_seconds,
+        settings.refresh_interval_seconds,
     )
-    written = failed = skipped = 0
-    for first in range(0, len(wanted), group_size):
-        group = wanted[first : first + group_size]
+    tally = refresh_in_groups(wanted, resources, version, model, plan)
+    _record(len(pairs), tally, time.perf_counter() - started)
+    return tally.written
+
+
+def served_model(
+    resources: RefreshResources, wait_seconds: float
+) -> tuple[str, LoadedModel] | None:
+    """The version the API serves and its model; None while that model is loading.
+
+    A rollout moves the version, and refreshes follow. A fresh cache gets this
+    process's MODEL as its version. Models are built in the background, so a slow load
+    never runs into the task's time limits: until it is there (waiting at most
+    ``wait_seconds`` here), batches are skipped. ModelLoadError if it cannot be built.
+    """
+    client = resources.store.redis
+    catalog = resources.catalog
+    version = read_active(client)
+    if version is None and catalog.default_if_ready(wait_seconds):
+        version = catalog.activate_default_if_none(client)
+    model = None if version is None else catalog.model_if_ready(client, version, wait_seconds)
+    catalog.warn_if_default_inactive(version)
+    if version is None or model is None:
+        return None
+    return version, model
+
+
+def refresh_in_groups(
+    pairs: Sequence[str],
+    resources: RefreshResources,
+    version: str,
+    model: LoadedModel,
+    plan: tuple[int, float],
+) -> Tally:
+    """Lock, compute, store and unlock ``pairs`` a group at a time (see lock_plan)."""
+    group_size, lock_seconds = plan
+    client = resources.store.redis
+    tally = Tally()
+    for first in range(0, len(pairs), group_size):
+        group = pairs[first : first + group_size]
         tokens = acquire_many(client, group, version, lock_seconds, resources.clock())
-        skipped += len(group) - len(tokens)
+        tally.skipped += len(group) - len(tokens)
         try:
             computed, failures = resources.predictor.compute_many(list(tokens), model)
-            failed += len(failures)  # each already logged with its pair
-            written += resources.store.write_many(computed, resources.clock())
+            tally.failed += len(failures)  # each already logged with its pair
+            tally.written += resources.store.write_many(computed, resources.clock())
         finally:
             release_many(client, tokens, version)
-    seconds = time.perf_counter() - started
-    metrics.REFRESHES.labels("written").inc(written)
-    metrics.REFRESHES.labels("failed").inc(failed)
-    metrics.REFRESHES.labels("skipped").inc(skipped)
+    return tally
+
+
+def _record(asked: int, tally: Tally, seconds: float) -> None:
+    """The refresh's metrics and its log line."""
+    metrics.REFRESHES.labels("written").inc(tally.written)
+    metrics.REFRESHES.labels("failed").inc(tally.failed)
+    metrics.REFRESHES.labels("skipped").inc(tally.skipped)
     metrics.REFRESH_SECONDS.observe(seconds)
     log.info(
         "refreshed pairs=%d written=%d failed=%d skipped=%d seconds=%.3f",
-        len(pairs),
-        written,
-        failed,
-        skipped,
+        asked,
+        tally.written,
+        tally.failed,
+        tally.skipped,
         seconds,
         extra={
-            "pairs": len(pairs),
-            "written": written,
-            "failed": failed,
-            "skipped": skipped,
+            "pairs": asked,
+            "written": tally.written,
+            "failed": tally.failed,
+            "skipped": tally.skipped,
             "duration_ms": round(seconds * 1000, 3),
         },
     )
-    return written
 
 
 def lock_plan(

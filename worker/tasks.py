@@ -8,13 +8,25 @@ import logging
 import redis
 from celery import Task, shared_task
 
-from beat_schedule import skew_tolerant_expiry
+from beat_schedule import REFRESH_ALL_TASK, skew_tolerant_expiry
 from predictions.settings import Settings
-from worker.refresh import RefreshResources, batches, claim_refresh_slot, refresh_pairs
+from worker import refresh
+from worker.refresh import RefreshResources
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+REFRESH_BATCH_TASK = "predictions.refresh_batch"
+# refresh_batch's name in 0.1.0: a worker of that release, during a rolling upgrade,
+# still fans out to it (and the broker may hold such messages). Remove in the next one.
+DEPRECATED_REFRESH_BATCH_TASK = "predictions.refresh_pairs"
+# One batch's retry policy, shared by the task and its deprecated name.
+BATCH_RETRIES = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "max_retries": 3,
+    "retry_backoff": 1,
+    "retry_backoff_max": 5,
+}
 
 
 @functools.cache
@@ -30,9 +42,9 @@ class RefreshTask(Task):  # type: ignore[misc]
         return process_resources(self.app.settings)
 
 
-@shared_task(name="predictions.refresh_all", base=RefreshTask, bind=True)
-def refresh_all_predictions(self: RefreshTask, not_after: float | None = None) -> int:
-    """Fan out: one refresh_predictions task per batch of configured pairs."""
+@shared_task(name=REFRESH_ALL_TASK, base=RefreshTask, bind=True)
+def refresh_all(self: RefreshTask, not_after: float | None = None) -> int:
+    """Fan out: one refresh_batch task per batch of configured pairs."""
     settings = self.app.settings
     interval = settings.refresh_interval_seconds
     now = self.resources.clock()  # Redis's time: every worker counts the same slots
@@ -41,16 +53,18 @@ def refresh_all_predictions(self: RefreshTask, not_after: float | None = None) -
         # one is due, or already here. Deadlines are by Redis's clock, beat's and ours.
         log.info("refresh dropped: sent for an interval gone by")
         return 0
-    if not claim_refresh_slot(self.resources.store.redis, interval, now):
+    if not refresh.claim_refresh_slot(self.resources.store.redis, interval, now):
         log.warning("refresh skipped: this interval was already refreshed (two beats?)")
         return 0
-    chunks = batches(settings.pairs, settings.refresh_batch_size, settings.worker_concurrency)
+    chunks = refresh.batches(
+        settings.pairs, settings.refresh_batch_size, settings.worker_concurrency
+    )
     for chunk in chunks:
         # A batch not started by the next tick is dropped: by Redis's clock, read by
         # the sender here and the receiver there (not_after), since hosts' clocks may
         # disagree. Celery's own expiry compares two hosts' clocks, so it only stops
         # messages far older than any skew.
-        refresh_predictions.apply_async(
+        refresh_batch.apply_async(
             args=[list(chunk)],
             kwargs={"not_after": now + interval},
             expires=skew_tolerant_expiry(interval),
@@ -58,24 +72,18 @@ def refresh_all_predictions(self: RefreshTask, not_after: float | None = None) -
     return len(chunks)
 
 
-@shared_task(
-    name="predictions.refresh_pairs",
-    base=RefreshTask,
-    bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    max_retries=3,
-    retry_backoff=1,
-    retry_backoff_max=5,
-)
-def refresh_predictions(self: RefreshTask, pairs: list[str], not_after: float | None = None) -> int:
+@shared_task(name=REFRESH_BATCH_TASK, base=RefreshTask, bind=True, **BATCH_RETRIES)
+def refresh_batch(self: RefreshTask, pairs: list[str], not_after: float | None = None) -> int:
     """Recompute and store the given pairs; returns how many were written."""
-    settings = self.app.settings
     if not_after is not None and self.resources.clock() > not_after:
         log.info("refresh dropped: sent for an interval gone by pairs=%d", len(pairs))
         return 0
-    return refresh_pairs(
-        pairs,
-        self.resources,
-        settings.compute_timeout_seconds,
-        settings.refresh_interval_seconds,
-    )
+    return refresh.refresh_batch(pairs, self.resources, self.app.settings)
+
+
+@shared_task(name=DEPRECATED_REFRESH_BATCH_TASK, base=RefreshTask, bind=True, **BATCH_RETRIES)
+def refresh_batch_deprecated_name(
+    self: RefreshTask, pairs: list[str], not_after: float | None = None
+) -> int:
+    """refresh_batch under its old name (see DEPRECATED_REFRESH_BATCH_TASK)."""
+    return int(refresh_batch.run(pairs, not_after))

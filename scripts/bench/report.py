@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from scripts.bench.judge import Verdict, format_value
@@ -412,14 +412,13 @@ def draw_chart(results: Results, path: Path) -> None:
     left.set_title(f"hit throughput, wrk -c32 (median of {results.rounds}; dots: rounds)")
     left.set_ylabel("requests/s")
     width = 0.2
-    for offset, (label, figure_of) in enumerate(
-        [
-            ("sequential p50", lambda r: r.sequential.p50_ms),
-            ("load p50", lambda r: r.load.p50_ms),
-            ("load p90", lambda r: r.load.p90_ms),
-            ("load p99", lambda r: r.load.p99_ms),
-        ]
-    ):
+    figures: list[tuple[str, Callable[[HitRun], float]]] = [
+        ("sequential p50", lambda r: r.sequential.p50_ms),
+        ("load p50", lambda r: r.load.p50_ms),
+        ("load p90", lambda r: r.load.p90_ms),
+        ("load p99", lambda r: r.load.p99_ms),
+    ]
+    for offset, (label, figure_of) in enumerate(figures):
         values = [_median([figure_of(r) for r in results.hit_runs(t)]) for t in targets]
         positions = [i + (offset - 1.5) * width for i in range(len(targets))]
         right.bar(positions, values, width, label=label)

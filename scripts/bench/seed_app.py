@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import redis
 from fastapi import FastAPI, Response
+from redis.typing import EncodableT
 
 from scripts.bench.baseline import load_baseline
 
@@ -36,13 +37,20 @@ def create_app() -> FastAPI:
         if cached:
             response.headers["X-Cache"] = "HIT"
             return {
-                name.decode(): NUMBERS.get(name.decode(), str)(value.decode())
+                _text(name): NUMBERS.get(_text(name), str)(_text(value))
                 for name, value in cached.items()
             }
         prediction = predictor.compute(pair).to_dict()
-        cache.hset(key, mapping=prediction)
+        # Copied into redis-py's own type: its mapping's key type is invariant.
+        fields: dict[EncodableT, EncodableT] = {name: v for name, v in prediction.items()}
+        cache.hset(key, mapping=fields)
         cache.expire(key, expiry_seconds)
         response.headers["X-Cache"] = "MISS"
         return prediction
 
     return app
+
+
+def _text(raw: bytes | str) -> str:
+    """HGETALL's bytes (the client does not decode) as text."""
+    return raw.decode() if isinstance(raw, bytes) else raw

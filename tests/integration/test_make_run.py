@@ -35,7 +35,7 @@ from tests.processes import (
 pytestmark = pytest.mark.integration
 
 # Lines of ordinary work that may still finish after Ctrl-C (the refresh in flight).
-WORK = ("refresh_pairs", "refreshed pairs", "computed prediction", "api.access", "GET /")
+WORK = ("refresh_batch", "refreshed pairs", "computed prediction", "api.access", "GET /")
 
 
 def _env(run_dir: Path, **env: str) -> dict[str, str]:
@@ -121,8 +121,8 @@ def test_make_run_serves_its_tools_find_it_and_ctrl_c_in_a_refresh_is_clean(
         with redis.Redis.from_url(url, socket_timeout=5) as client:
             client.set("pc:test:persisted", run_dir.name)
         # Ctrl-C as soon as a refresh batch is running in the worker.
-        seen = log.read_bytes().count(b"refresh_pairs[")
-        wait_for(lambda: log.read_bytes().count(b"refresh_pairs[") > seen, 30, 0.02)
+        seen = log.read_bytes().count(b"refresh_batch[")
+        wait_for(lambda: log.read_bytes().count(b"refresh_batch[") > seen, 30, 0.02)
         interrupted_at = len(log.read_bytes().splitlines())
     finally:
         _ctrl_c(make, env[MARKER])

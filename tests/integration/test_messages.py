@@ -10,6 +10,7 @@ from predictions.settings import Settings
 from tests.integration.conftest import TEST_VERSION, ProcessFactory
 from tests.processes import RedisServer, wait_for
 from worker.celery_app import create_celery
+from worker.tasks import DEPRECATED_REFRESH_BATCH_TASK, REFRESH_BATCH_TASK
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +24,7 @@ def test_a_pickled_task_is_refused_and_a_json_one_runs(
     with Connection(settings.broker_url) as connection:
         # The same task, in pickle: what an attacker able to write to the broker sends.
         producer_app.send_task(
-            "predictions.refresh_pairs", args=[["ETH-EUR"]], serializer="pickle",
+            REFRESH_BATCH_TASK, args=[["ETH-EUR"]], serializer="pickle",
             connection=connection,
         )  # fmt: skip
         wait_for(lambda: "Refusing to deserialize" in worker.output(), 30, what="refusal")
@@ -31,8 +32,12 @@ def test_a_pickled_task_is_refused_and_a_json_one_runs(
         assert worker.count("computed prediction pair=ETH-EUR ") == 0
 
         # The control: the same message in JSON is run.
-        producer_app.send_task(
-            "predictions.refresh_pairs", args=[["ETH-EUR"]], connection=connection
-        )
+        producer_app.send_task(REFRESH_BATCH_TASK, args=[["ETH-EUR"]], connection=connection)
         wait_for(lambda: redis_server.client().exists(prediction_key("ETH-EUR", TEST_VERSION)), 30)
+
+        # The batch task's old name, as a worker of the previous release sends it.
+        producer_app.send_task(
+            DEPRECATED_REFRESH_BATCH_TASK, args=[["BTC-EUR"]], connection=connection
+        )
+        wait_for(lambda: redis_server.client().exists(prediction_key("BTC-EUR", TEST_VERSION)), 30)
     assert worker.running()

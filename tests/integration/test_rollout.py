@@ -67,8 +67,8 @@ def _load(api: Process, stop: threading.Event, seen: list[Seen], batch: bool) ->
 
 
 def _run_make(target: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own Makefile
-        ["make", "--no-print-directory", target, *args],  # noqa: S607
+    return subprocess.run(  # our own Makefile
+        ["make", "--no-print-directory", target, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -105,7 +105,7 @@ def _check_switch(seen: list[Seen], started: float, ended: float, old: str, new:
 def sklearn_model(tmp_path: Path) -> tuple[dict[str, str], str]:
     """The worked example, trained as its README says: (environment, version)."""
     artifact = tmp_path / "sklearn" / "model.joblib"
-    done = subprocess.run(  # noqa: S603
+    done = subprocess.run(
         [str(BIN / "python"), "-m", "examples.sklearn_trend.train", "--out", str(artifact)],
         cwd=ROOT,
         capture_output=True,

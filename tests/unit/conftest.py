@@ -45,7 +45,7 @@ def model() -> CountingModel:
 @pytest.fixture
 def predictor(settings: Settings, model: CountingModel) -> Predictor:
     return Predictor(
-        model=model,
+        models=model,
         market_data=SyntheticMarketData(),
         horizon_seconds=settings.prediction_horizon_seconds,
         ttl_seconds=settings.prediction_ttl_seconds,

@@ -129,7 +129,7 @@ def test_a_failing_model_is_a_503_and_nothing_is_cached(
     predictor = Predictor.from_settings(
         dataclasses.replace(settings, model="tests.support:FailingModel")
     )
-    assert isinstance(predictor.model.model, FailingModel)
+    assert isinstance(predictor.models.default_model().model, FailingModel)
     client = create_app(settings, redis_client, predictor).test_client()
     response = client.get("/predict/ETH-EUR")
     assert response.status_code == 503

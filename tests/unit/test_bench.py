@@ -331,7 +331,7 @@ class _StubAPI(http.server.BaseHTTPRequestHandler):
     served = 0
     paths: ClassVar[list[str]] = []  # every path asked, in order
 
-    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+    def do_GET(self) -> None:  # the name http.server calls
         type(self).served += 1
         self.paths.append(self.path)
         body = b'{"pair":"ETH-EUR"}'

@@ -35,9 +35,8 @@ from predictions.model import LogLinearTrendModel
 from predictions.predictor import Predictor
 from predictions.settings import Settings
 from predictions.store import PredictionStore
-from predictions.versions import ModelCatalog
 from tests.support import CountingModel
-from worker.refresh import RefreshResources, refresh_pairs
+from worker.refresh import RefreshResources, refresh_batch
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kraken"
 API = "https://api.kraken.com"
@@ -619,10 +618,8 @@ def test_a_failing_fetch_fails_its_pair_only_and_keeps_its_previous_prediction(
     predictor = Predictor(
         LogLinearTrendModel(), _market_data(live), 300, settings.prediction_ttl_seconds
     )
-    resources = RefreshResources(
-        frozenset(settings.pairs), predictor, store, ModelCatalog(predictor.model, "")
-    )
-    assert refresh_pairs(list(PAIRS), resources) == 4
+    resources = RefreshResources(frozenset(settings.pairs), predictor, store)
+    assert refresh_batch(list(PAIRS), resources, settings) == 4
     before = store.read_many(list(PAIRS)).predictions
     assert all(p is not None and p.data_source == "ccxt:kraken" for p in before.values())
     key = prediction_key("ETH-EUR", LogLinearTrendModel.version)
@@ -630,7 +627,7 @@ def test_a_failing_fetch_fails_its_pair_only_and_keeps_its_previous_prediction(
 
     live.reply("/0/public/OHLC", requests.exceptions.ReadTimeout("read timed out"), pair="ETH-EUR")
     time.sleep(0.01)  # the next refresh computes at a later time
-    assert refresh_pairs(list(PAIRS), resources) == 3
+    assert refresh_batch(list(PAIRS), resources, settings) == 3
     after = store.read_many(list(PAIRS)).predictions
     assert after["ETH-EUR"] == before["ETH-EUR"]
     for pair in ("BTC-EUR", "ETH-USD", "BTC-USD"):

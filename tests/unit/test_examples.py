@@ -63,7 +63,7 @@ def joblib_loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
 def _predictor(model: LoadedModel, horizon_seconds: int = 300) -> Predictor:
     return Predictor(
-        model=model,
+        models=model,
         market_data=SyntheticMarketData(),
         horizon_seconds=horizon_seconds,
         ttl_seconds=30,

@@ -19,7 +19,7 @@ from api import create_app
 from predictions.cache import PredictionCache
 from predictions.market_data import SyntheticMarketData
 from predictions.predictor import Predictor
-from predictions.revalidation import refresh_early
+from predictions.revalidation import revalidate_early
 from predictions.settings import Settings
 from tests.support import CountingModel
 
@@ -77,7 +77,7 @@ def app(clock: Clock, model: SwitchModel) -> Flask:
         failed_compute_backoff_seconds=5,
     )
     predictor = Predictor(
-        model=model,
+        models=model,
         market_data=SyntheticMarketData(),
         horizon_seconds=300,
         ttl_seconds=TTL,
@@ -97,7 +97,7 @@ def _cache(app: Flask) -> PredictionCache:
 
 
 def _settle(app: Flask) -> None:
-    assert _cache(app).refresher.wait_idle(5), "a background refresh did not finish"
+    assert _cache(app).revalidator.wait_idle(5), "a background revalidation did not finish"
 
 
 def _directives(cache_control: str) -> dict[str, int]:
@@ -254,15 +254,15 @@ def test_xfetch_refreshes_with_probability_exp_minus_remaining_over_delta_beta(
     remaining: float, delta: float, beta: float
 ) -> None:
     draws = [(i + 1) / 100_000 for i in range(100_000)]  # uniform on (0, 1]
-    share = sum(refresh_early(remaining, delta, beta, draw) for draw in draws) / len(draws)
+    share = sum(revalidate_early(remaining, delta, beta, draw) for draw in draws) / len(draws)
     assert share == pytest.approx(math.exp(-remaining / (delta * beta)), abs=1e-4)
 
 
 def test_xfetch_edges() -> None:
-    assert refresh_early(0.0, 1.0, 1.0, 1.0)  # expiry reached: always
-    assert not refresh_early(5.0, 1.0, 0.0, 1e-300)  # beta 0: never
-    assert not refresh_early(5.0, 0.0, 1.0, 1e-300)  # no known compute time: never
-    assert not refresh_early(5.0, 1.0, 1.0, 1.0)  # draw 1: log(1) = 0, never early
+    assert revalidate_early(0.0, 1.0, 1.0, 1.0)  # expiry reached: always
+    assert not revalidate_early(5.0, 1.0, 0.0, 1e-300)  # beta 0: never
+    assert not revalidate_early(5.0, 0.0, 1.0, 1e-300)  # no known compute time: never
+    assert not revalidate_early(5.0, 1.0, 1.0, 1.0)  # draw 1: log(1) = 0, never early
 
 
 def test_an_early_refresh_keeps_a_hot_pair_from_ever_going_stale(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import fakeredis
@@ -17,7 +18,6 @@ from predictions.model import ModelLoadError
 from predictions.predictor import Predictor
 from predictions.settings import Settings, SettingsError
 from predictions.store import PredictionStore
-from predictions.versions import ModelCatalog
 from tests.support import CountingModel
 from worker.celery_app import create_celery
 from worker.refresh import (
@@ -25,8 +25,9 @@ from worker.refresh import (
     batches,
     claim_refresh_slot,
     lock_plan,
-    refresh_pairs,
+    refresh_batch,
 )
+from worker.tasks import DEPRECATED_REFRESH_BATCH_TASK, REFRESH_BATCH_TASK
 
 
 @pytest.fixture
@@ -35,23 +36,28 @@ def resources(store: PredictionStore, predictor: Predictor, settings: Settings) 
         pairs=frozenset(settings.pairs),
         predictor=predictor,
         store=store,
-        catalog=ModelCatalog(predictor.model, ""),
     )
 
 
 def test_refresh_writes_every_pair_with_its_expiry(
-    resources: RefreshResources, redis_client: fakeredis.FakeRedis, model: CountingModel
+    resources: RefreshResources,
+    redis_client: fakeredis.FakeRedis,
+    model: CountingModel,
+    settings: Settings,
 ) -> None:
-    assert refresh_pairs(["ETH-EUR", "btc-eur"], resources) == 2
+    assert refresh_batch(["ETH-EUR", "btc-eur"], resources, settings) == 2
     assert model.calls == ["ETH-EUR", "BTC-EUR"]
     for pair in ("ETH-EUR", "BTC-EUR"):
         assert 0 < redis_client.pttl(prediction_key(pair, model.version)) <= 30_000
 
 
 def test_refresh_ignores_pairs_that_are_not_configured(
-    resources: RefreshResources, redis_client: fakeredis.FakeRedis, model: CountingModel
+    resources: RefreshResources,
+    redis_client: fakeredis.FakeRedis,
+    model: CountingModel,
+    settings: Settings,
 ) -> None:
-    assert refresh_pairs(["SOL-EUR", "not a pair", "ETH-EUR"], resources) == 1
+    assert refresh_batch(["SOL-EUR", "not a pair", "ETH-EUR"], resources, settings) == 1
     assert model.calls == ["ETH-EUR"]
     assert redis_client.keys(prediction_key("*", "*")) == [
         prediction_key("ETH-EUR", model.version).encode()
@@ -70,13 +76,11 @@ def test_a_failing_pair_keeps_its_previous_prediction_and_others_refresh(
             return super().predict(pair, prices, horizon_seconds)
 
     predictor = Predictor(FailsOnEth(), SyntheticMarketData(), 300, settings.prediction_ttl_seconds)
-    resources = RefreshResources(
-        frozenset(settings.pairs), predictor, store, ModelCatalog(predictor.model, "")
-    )
-    assert refresh_pairs(["ETH-EUR"], resources) == 1
+    resources = RefreshResources(frozenset(settings.pairs), predictor, store)
+    assert refresh_batch(["ETH-EUR"], resources, settings) == 1
     before = store.read("ETH-EUR").predictions["ETH-EUR"]
     assert before is not None
-    assert refresh_pairs(["ETH-EUR", "BTC-EUR"], resources) == 1
+    assert refresh_batch(["ETH-EUR", "BTC-EUR"], resources, settings) == 1
     assert store.read_many(["ETH-EUR", "BTC-EUR"]).predictions == {
         "ETH-EUR": before,
         "BTC-EUR": store.read_version("BTC-EUR", before.model_version),
@@ -154,7 +158,9 @@ def test_every_scheduled_task_exists_and_expires_past_any_clock_skew() -> None:
         expires = entry["options"]["expires"]
         assert expires == entry["schedule"] + CLOCK_SKEW_ALLOWANCE_SECONDS >= 60
     assert REFRESH_ALL_TASK in app.tasks
-    assert "predictions.refresh_pairs" in app.tasks
+    assert REFRESH_BATCH_TASK in app.tasks
+    # The batch task's name in 0.1.0, kept for a rolling upgrade (docs/operations.md).
+    assert DEPRECATED_REFRESH_BATCH_TASK in app.tasks
 
 
 def test_warm_start_scheduler_is_due_at_once() -> None:
@@ -169,10 +175,13 @@ def test_warm_start_scheduler_is_due_at_once() -> None:
 
 
 def test_a_refresh_skips_a_pair_someone_is_computing(
-    resources: RefreshResources, redis_client: fakeredis.FakeRedis, model: CountingModel
+    resources: RefreshResources,
+    redis_client: fakeredis.FakeRedis,
+    model: CountingModel,
+    settings: Settings,
 ) -> None:
     redis_client.set(compute_lock_key("ETH-EUR", "counting-1"), b"api-request-token", px=10_000)
-    assert refresh_pairs(["ETH-EUR", "BTC-EUR"], resources) == 1
+    assert refresh_batch(["ETH-EUR", "BTC-EUR"], resources, settings) == 1
     assert model.calls == ["BTC-EUR"]
     # The other holder's lock is untouched; the refresh's own locks are released.
     assert redis_client.get(compute_lock_key("ETH-EUR", "counting-1")) == b"api-request-token"
@@ -192,10 +201,15 @@ def test_locks_are_taken_in_groups_that_fit_the_lock_lifetime(
         return original(pair, model)
 
     predictor.compute = compute  # type: ignore[method-assign]
-    resources = RefreshResources(
-        frozenset(settings.pairs), predictor, store, ModelCatalog(predictor.model, "")
+    resources = RefreshResources(frozenset(settings.pairs), predictor, store)
+    assert (
+        refresh_batch(
+            list(settings.pairs),
+            resources,
+            dataclasses.replace(settings, compute_timeout_seconds=4),
+        )
+        == 4
     )
-    assert refresh_pairs(list(settings.pairs), resources, compute_timeout_seconds=4) == 4
     # 1 s a pair and a 4 s lock: groups of one, so no lock outlives half its life.
     assert held == [1, 1, 1, 1]
 
