@@ -41,7 +41,11 @@ STALE_MAX_AGE = 1
 def etag(prediction: Prediction, stale: bool) -> str:
     """A strong validator of the body: changes with the model, pair, horizon, time and
     whether the body is the fresh one or the one marked stale."""
-    return _fixed(prediction)[1 if stale else 0]
+    identity = (
+        f"{prediction.model_version}|{prediction.pair}|{prediction.horizon_seconds}|"
+        f"{prediction.computed_at:.3f}{'|stale' if stale else ''}"
+    )
+    return f'"{hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()}"'
 
 
 def matches(if_none_match: str, current_etag: str) -> bool:
@@ -64,63 +68,36 @@ def caching_headers(
     ``stale`` says which body is served: the one marked ``"stale": true`` or the fresh
     one. Nothing here depends on the request.
     """
-    fresh_etag, stale_etag, fresh_modified, accel = _fixed(prediction)
     if stale:
         left = max(0, math.floor(prediction.fresh_until + grace_seconds - now))
         max_age = min(STALE_MAX_AGE, left)
         beyond = left - max_age
-        tag = stale_etag
         # The stale body came to be at fresh_until (or now, for a prediction served
         # stale before it because Redis could not be asked): never later than Date.
         modified = _http_date(math.floor(min(prediction.fresh_until, now)))
     else:
         max_age = max(0, math.floor(prediction.fresh_until - now))
         beyond = 0
-        tag = fresh_etag
-        modified = fresh_modified
+        modified = _http_date(math.floor(prediction.computed_at))
     return {
-        "Cache-Control": (
-            f"max-age={max_age}, stale-while-revalidate={beyond}, stale-if-error={beyond}"
-        ),
+        "Cache-Control": _cache_control(max_age, beyond),
         # What max-age says, for HTTP/1.0 caches: max-age wins wherever both are read.
         # Whole seconds from the second now is in, never past what max-age allows.
         "Expires": _http_date(math.floor(now) + max_age),
-        "ETag": tag,
+        "ETag": etag(prediction, stale),
         "Last-Modified": modified,
         # For an nginx edge cache (deploy/nginx), which counts whole seconds and serves
         # an entry through the whole second its expiry names: the last whole second
         # before fresh_until. A stale answer's is in the past, so nginx never serves it
         # from its cache. nginx does not forward it.
-        "X-Accel-Expires": accel,
+        "X-Accel-Expires": f"@{int(prediction.fresh_until) - 1}",
     }
 
 
-def _fixed(prediction: Prediction) -> tuple[str, str, str, str]:
-    return _fixed_for(
-        prediction.model_version,
-        prediction.pair,
-        prediction.horizon_seconds,
-        prediction.computed_at,
-        prediction.fresh_until,
-    )
-
-
-# What never changes for a prediction: computed once, not per request. About two entries
-# per configured pair are live at once, so this holds 10,000 pairs' without thrashing;
-# keyed by plain values, so it keeps no prediction (nor its body) alive.
-@functools.lru_cache(maxsize=32768)
-def _fixed_for(
-    model_version: str, pair: str, horizon_seconds: int, computed_at: float, fresh_until: float
-) -> tuple[str, str, str, str]:
-    identity = f"{model_version}|{pair}|{horizon_seconds}|{computed_at:.3f}"
-    fresh = hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()
-    stale = hashlib.blake2b(f"{identity}|stale".encode(), digest_size=12).hexdigest()
-    return (
-        f'"{fresh}"',
-        f'"{stale}"',
-        _http_date(math.floor(computed_at)),
-        f"@{int(fresh_until) - 1}",
-    )
+# A few hundred distinct values at most (whole seconds up to the TTL and the grace).
+@functools.lru_cache(maxsize=512)
+def _cache_control(max_age: int, beyond: int) -> str:
+    return f"max-age={max_age}, stale-while-revalidate={beyond}, stale-if-error={beyond}"
 
 
 @functools.lru_cache(maxsize=256)

@@ -62,11 +62,15 @@ REQUEST_SECONDS = Histogram(
     ["outcome"],
     buckets=LATENCY_BUCKETS,
 )
-SERVED_AGE = Gauge(
+# Ages up to a default TTL (60 s) are fresh; past it, up to its grace (60 s more), stale.
+AGE_BUCKETS = (1.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 75.0, 90.0, 120.0, 180.0, 300.0)
+# Not labelled by pair: with thousands of pairs, a series per pair per process would
+# cost each API process about a kilobyte a pair. Per-pair ages are read from Redis at
+# scrape time instead (prediction_age_seconds{pair}, FreshnessCollector).
+SERVED_AGE = Histogram(
     "prediction_served_age_seconds",
-    "Age (now - computed_at) of the prediction most recently served for the pair.",
-    ["pair"],
-    multiprocess_mode="mostrecent",
+    "Age (now - computed_at) of the predictions served, fresh or stale.",
+    buckets=AGE_BUCKETS,
 )
 COMPUTATIONS = Counter(
     "prediction_computations",

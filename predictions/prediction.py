@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -109,8 +110,9 @@ class Prediction:
             horizon_seconds=horizon,
             computed_at=parse_time(data["computed_at"], pair),
             fresh_until=parse_time(data["fresh_until"], pair),
-            model_version=data["model_version"],
-            data_source=data["data_source"],
+            # Shared by every pair: one string each, not one per pair held in memory.
+            model_version=sys.intern(data["model_version"]),
+            data_source=sys.intern(data["data_source"]),
             compute_seconds=float(seconds),
             body=raw,
         )

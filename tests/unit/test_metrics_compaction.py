@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
         if pid == 0:
             metrics.REQUESTS.labels("hit").inc(n)
             metrics.REQUEST_SECONDS.labels("hit").observe(0.001)
-            metrics.SERVED_AGE.labels("ETH-EUR").set(n)
+            metrics.CLOCK_OFFSET.set(n)
             metrics.CIRCUIT_OPEN.set(1)
             os._exit(0)
         os.waitpid(pid, 0)
@@ -51,5 +51,5 @@ def test_twenty_dead_processes_leave_three_files_and_exact_totals(tmp_path: Path
     )
     assert 'prediction_requests_total{outcome="hit"} 210.0' in text  # 1 + 2 + ... + 20
     assert 'prediction_request_duration_seconds_count{outcome="hit"} 20.0' in text
-    assert 'prediction_served_age_seconds{pair="ETH-EUR"} 20.0' in text  # the most recent
+    assert "\nprediction_clock_offset_seconds 20.0" in text  # the most recent
     assert "\nprediction_circuit_open 0.0" in text  # dead processes' live gauges are gone
