@@ -12,17 +12,22 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 import redis
 
-from predictions.keys import prediction_key
-from tests.integration.conftest import TEST_PAIRS, TEST_REFRESH, TEST_VERSION, ProcessFactory
-from tests.processes import Process, RabbitMQServer, RedisServer, find_rabbitmq_server, wait_for
+from tests.harness.processes import (
+    Process,
+    ProcessFactory,
+    RabbitMQServer,
+    RedisServer,
+    find_rabbitmq_server,
+    wait_for,
+)
+from tests.harness.store import computed_at
+from tests.harness.system import PAIRS, TEST_REFRESH
 
 pytestmark = pytest.mark.integration
 
-PAIRS = TEST_PAIRS.split(",")
 # Refreshes each pair must show, one interval (TEST_REFRESH) apart at best.
 REFRESHES = 4
 
@@ -41,11 +46,6 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServe
         yield server.start(script)
     finally:
         server.stop()
-
-
-def computed_at(client: redis.Redis, pair: str) -> str | None:
-    raw = client.get(prediction_key(pair, TEST_VERSION))
-    return None if raw is None else str(orjson.loads(raw)["computed_at"])
 
 
 def watch_refreshes(client: redis.Redis, seconds: float) -> dict[str, set[str]]:

@@ -27,13 +27,13 @@ import pytest
 import urllib3
 
 from predictions.keys import prediction_key
-from tests.integration.conftest import TEST_PAIRS, TEST_TTL, TEST_VERSION, ProcessFactory
-from tests.processes import ROOT, Process, RedisServer, free_port, wait_for
+from tests.harness.ports import free_port
+from tests.harness.processes import ROOT, Process, ProcessFactory, RedisServer, wait_for
+from tests.harness.system import PAIRS, TEST_TTL, TEST_VERSION
 
 pytestmark = pytest.mark.integration
 
 TEMPLATE = ROOT / "deploy" / "nginx" / "templates" / "default.conf.template"
-PAIRS = TEST_PAIRS.split(",")
 # Every request through nginx is bounded; so is every request nginx makes (the template).
 HTTP = urllib3.PoolManager(maxsize=8, retries=False, timeout=urllib3.Timeout(total=15))
 # An answer checked fresh, by the API or by nginx (whose clock is read once per turn of

@@ -7,8 +7,8 @@ from kombu import Connection
 
 from predictions.keys import prediction_key
 from predictions.settings import Settings
-from tests.integration.conftest import TEST_VERSION, ProcessFactory
-from tests.processes import RedisServer, wait_for
+from tests.harness.processes import ProcessFactory, RedisServer, wait_for
+from tests.harness.system import TEST_VERSION
 from worker.celery_app import create_celery
 
 pytestmark = pytest.mark.integration

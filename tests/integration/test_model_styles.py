@@ -9,8 +9,8 @@ from examples.model_styles import ContractStyleModel, ListStyleModel, NumpyStyle
 from predictions.keys import prediction_key
 from predictions.market_data import SyntheticMarketData
 from predictions.prediction import Prediction
-from tests.integration.conftest import TEST_PAIRS, ProcessFactory
-from tests.processes import RedisServer, wait_for
+from tests.harness.processes import ProcessFactory, RedisServer, wait_for
+from tests.harness.system import TEST_PAIRS
 
 pytestmark = pytest.mark.integration
 

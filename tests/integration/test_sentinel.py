@@ -18,13 +18,13 @@ import redis
 
 from predictions.keys import prediction_key
 from predictions.prediction import parse_time
-from tests.integration.conftest import TEST_PAIRS, TEST_VERSION, ProcessFactory
-from tests.integration.test_faults_redis_and_workers import LoadGenerator, check_answers
-from tests.processes import Process, RedisServer, free_port, wait_for
+from tests.harness.faults import LoadGenerator, check_answers
+from tests.harness.ports import free_port
+from tests.harness.processes import Process, ProcessFactory, RedisServer, wait_for
+from tests.harness.system import PAIRS, TEST_VERSION
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-PAIRS = TEST_PAIRS.split(",")
 MASTER = "cache"
 # Longer than the suite's 1 s, so that "two refresh intervals" measures the system
 # following the promotion rather than Celery's reconnect backoff (2 s, then 4 s).

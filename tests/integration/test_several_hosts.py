@@ -1,5 +1,5 @@
 """Several hosts, and partitions: Redis, two workers, two API servers and beat, each on
-a host of its own (a Linux network namespace, tests/netns.py), all real processes.
+a host of its own (a Linux network namespace, tests/harness/netns.py), all real processes.
 
 Shown: the two workers share the refreshes; cutting one worker's link changes nothing
 a client sees; cutting one API from Redis (silently: its packets vanish) makes that
@@ -31,14 +31,13 @@ import urllib3
 from predictions.keys import prediction_key
 from predictions.prediction import parse_time
 from scripts.embedded_redis import server_args
-from tests.integration.conftest import TEST_PAIRS, TEST_VERSION
-from tests.integration.http import computations
-from tests.netns import Network, enter_namespace, netns_unavailable
-from tests.processes import BIN, Process, wait_for
+from tests.harness.http import computations
+from tests.harness.netns import Network, enter_namespace, netns_unavailable
+from tests.harness.processes import BIN, Process, wait_for
+from tests.harness.system import PAIRS, TEST_VERSION
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-PAIRS = TEST_PAIRS.split(",")
 T = TypeVar("T")
 ANSWER_WITHIN = 2.0
 API_PORT = 8000

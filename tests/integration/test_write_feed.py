@@ -15,8 +15,8 @@ from predictions.keys import active_version_key, flip_pending_key
 from predictions.near_cache import NearCache
 from predictions.store import PredictionStore
 from predictions.write_feed import WriteFollower
-from tests.processes import RedisServer, wait_for
-from tests.support import make_prediction
+from tests.harness.doubles import make_prediction
+from tests.harness.processes import RedisServer, wait_for
 
 pytestmark = pytest.mark.integration
 

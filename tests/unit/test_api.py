@@ -17,7 +17,7 @@ from predictions.keys import active_version_key, prediction_key
 from predictions.predictor import Predictor
 from predictions.redis_client import make_redis
 from predictions.settings import Settings
-from tests.support import CountingModel, FailingModel
+from tests.harness.doubles import CountingModel, FailingModel
 
 
 def _error(response) -> dict[str, object]:  # type: ignore[no-untyped-def]
@@ -125,7 +125,7 @@ def test_a_failing_model_is_a_503_and_nothing_is_cached(
     settings: Settings, redis_client: fakeredis.FakeRedis
 ) -> None:
     predictor = Predictor.from_settings(
-        dataclasses.replace(settings, model="tests.support:FailingModel")
+        dataclasses.replace(settings, model="tests.harness.doubles:FailingModel")
     )
     assert isinstance(predictor.model.model, FailingModel)
     client = create_app(settings, redis_client, predictor).test_client()

@@ -23,7 +23,7 @@ from predictions.market_data import SyntheticMarketData
 from predictions.near_cache import NearCache
 from predictions.predictor import Predictor
 from predictions.store import PredictionStore
-from tests.support import CountingModel, FailingModel
+from tests.harness.doubles import CountingModel, FailingModel
 
 
 def _cache(

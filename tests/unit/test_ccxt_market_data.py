@@ -36,7 +36,7 @@ from predictions.predictor import Predictor
 from predictions.settings import Settings
 from predictions.store import PredictionStore
 from predictions.versions import ModelCatalog
-from tests.support import CountingModel
+from tests.harness.doubles import CountingModel
 from worker.refresh import RefreshResources, refresh_pairs
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kraken"

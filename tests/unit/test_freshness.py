@@ -21,7 +21,7 @@ from predictions.market_data import SyntheticMarketData
 from predictions.predictor import Predictor
 from predictions.revalidation import refresh_early
 from predictions.settings import Settings
-from tests.support import CountingModel
+from tests.harness.doubles import CountingModel
 
 TTL = 30
 GRACE = 20

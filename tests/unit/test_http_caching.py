@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api.http_caching import STALE_MAX_AGE, caching_headers, etag, matches
-from tests.support import make_prediction
+from tests.harness.doubles import make_prediction
 
 # Computed at 1,000.25, fresh until 1,060.25.
 PREDICTION = make_prediction()

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from predictions import metrics
 from predictions.heartbeat import write_beat_tick
-from tests.support import parse_media_type
+from tests.harness.doubles import parse_media_type
 
 
 def scrape(client: FlaskClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

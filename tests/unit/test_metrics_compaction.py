@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.processes import ROOT
+from tests.harness.processes import ROOT
 
 SCRIPT = textwrap.dedent(
     """

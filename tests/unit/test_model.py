@@ -62,7 +62,7 @@ def test_load_model_instantiates_classes_and_accepts_instances() -> None:
     loaded = load_model("predictions.model:LogLinearTrendModel")
     assert isinstance(loaded.model, LogLinearTrendModel)
     assert loaded.version == LogLinearTrendModel.version
-    assert isinstance(load_model("tests.support:CountingModel").model, Model)
+    assert isinstance(load_model("tests.harness.doubles:CountingModel").model, Model)
 
 
 @pytest.mark.parametrize(

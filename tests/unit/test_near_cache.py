@@ -3,7 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 from predictions.near_cache import NearCache
-from tests.support import make_prediction
+from tests.harness.doubles import make_prediction
 
 PREDICTION = make_prediction(computed_at=1_000.0, fresh_until=1_060.0)
 

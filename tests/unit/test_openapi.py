@@ -11,7 +11,7 @@ from api import create_app
 from predictions.market_data import SyntheticMarketData
 from predictions.predictor import Predictor
 from predictions.settings import Settings
-from tests.support import CountingModel
+from tests.harness.doubles import CountingModel
 
 SETTINGS = Settings(pairs=("ETH-EUR", "BTC-USD"), simulated_model_latency_seconds=0)
 REDIS = fakeredis.FakeRedis()

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from predictions.prediction import InvalidPrediction, Prediction, format_time
-from tests.support import make_prediction
+from tests.harness.doubles import make_prediction
 
 GOOD = make_prediction(computed_at=1_764_000_000.123, fresh_until=1_764_000_060.123)
 

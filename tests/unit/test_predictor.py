@@ -6,7 +6,7 @@ from predictions.market_data import SyntheticMarketData
 from predictions.model import LogLinearTrendModel, Model
 from predictions.predictor import PredictionFailed, Predictor
 from predictions.settings import Settings
-from tests.support import FailingModel, NanModel
+from tests.harness.doubles import FailingModel, NanModel
 
 
 def _predictor(model: Model, **kwargs: object) -> Predictor:
@@ -43,7 +43,7 @@ def test_a_broken_model_fails_loudly_with_the_pair(
 
 
 def test_from_settings_loads_the_configured_model() -> None:
-    settings = Settings(model="tests.support:CountingModel", prediction_horizon_seconds=60)
+    settings = Settings(model="tests.harness.doubles:CountingModel", prediction_horizon_seconds=60)
     predictor = Predictor.from_settings(settings)
     assert predictor.model.version == "counting-1"
     assert predictor.horizon_seconds == 60

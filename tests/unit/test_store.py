@@ -9,7 +9,7 @@ import pytest
 from predictions.keys import active_version_key, flip_pending_key, prediction_key
 from predictions.predictor import Predictor
 from predictions.store import PredictionStore
-from tests.support import make_prediction
+from tests.harness.doubles import make_prediction
 
 M1 = make_prediction().model_version  # the version of make_prediction()'s predictions
 

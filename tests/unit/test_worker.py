@@ -18,7 +18,7 @@ from predictions.predictor import Predictor
 from predictions.settings import Settings, SettingsError
 from predictions.store import PredictionStore
 from predictions.versions import ModelCatalog
-from tests.support import CountingModel
+from tests.harness.doubles import CountingModel
 from worker.celery_app import create_celery
 from worker.refresh import (
     RefreshResources,

@@ -2,8 +2,9 @@
 
 asyncio streams, not an HTTP library: a test needs connections that misbehave on
 purpose (headers a line a second, never reading), and a thousand of them at once. Every
-loop here is bounded in count and in time. ``python -m tests.load probe ...`` runs the
-probe in a process of its own, so that the test's own load does not skew its timings.
+loop here is bounded in count and in time. ``python -m tests.harness.load probe ...``
+runs the probe in a process of its own, so that the test's own load does not skew its
+timings. The threads that keep requests coming during a fault are tests/harness/faults.py's.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import socket
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 HOST = "127.0.0.1"
 
@@ -201,7 +202,7 @@ def probing(
     it yields holds its statuses and latencies once the block is done."""
     found: dict[str, list[float]] = {}
     command = [
-        sys.executable, "-m", "tests.load", "probe", "--port", str(port),
+        sys.executable, "-m", "tests.harness.load", "probe", "--port", str(port),
         "--path", path, "--seconds", str(seconds), "--interval", "0.005",
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE)
@@ -215,15 +216,23 @@ def probing(
     found.update(json.loads(out))
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100) of values, by the inclusive method."""
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q) - 1))]
+def percentile(values: Iterable[float], p: float) -> float:
+    """The nearest-rank p-th percentile (0 <= p <= 100) of values; NaN if there are none.
+
+    Nearest-rank, as scripts/time_requests.py reports them: always a latency that was
+    measured, never one interpolated between two (p99 of 100 is the second slowest).
+    """
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {p}")
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    # p * n / 100 rather than p / 100 * n: exact for whole percentages.
+    return ordered[max(0, math.ceil(p * len(ordered) / 100) - 1)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.load")
+    parser = argparse.ArgumentParser(prog="python -m tests.harness.load")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("probe", help="sequential requests; prints JSON statuses and latencies")
     run.add_argument("--port", type=int, required=True)

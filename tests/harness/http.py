@@ -1,4 +1,8 @@
-"""Requests to an API process started by a test, and what its log says it computed."""
+"""Requests to an API process started by a test, and what its log says it computed.
+
+The one small HTTP client of the suite (urllib3, a pool shared by the tests): a test that
+needs misbehaving connections or sustained load uses tests/harness/load.py instead.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 import orjson
 import urllib3
 
-from tests.processes import Process
+from tests.harness.processes import Process
 
 HTTP = urllib3.PoolManager(maxsize=64, retries=False, timeout=urllib3.Timeout(total=15))
 
@@ -24,6 +28,7 @@ class Answer:
 
 
 def get(api: Process, path: str, method: str = "GET", http: urllib3.PoolManager = HTTP) -> Answer:
+    """One request to the API process; its body decoded as JSON ({} when empty)."""
     started = time.monotonic()
     response = http.request(method, f"http://{api.env['API_BIND']}{path}")
     seconds = time.monotonic() - started

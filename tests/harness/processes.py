@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,11 @@ from pathlib import Path
 import redis
 
 from scripts.embedded_redis import server_args
+from tests.harness.ports import accepts, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MARKER = "PREDICTION_CACHE_TEST_RUN"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(
@@ -108,6 +102,11 @@ class Process:
 
     def count(self, text: str) -> int:
         return self.output().count(text)
+
+
+# What the integration suite's `start` fixture is: start("api" | "worker" | "beat",
+# name=None, **env overrides) -> a running Process.
+ProcessFactory = Callable[..., Process]
 
 
 def _kill_group(pgid: int) -> None:
@@ -220,7 +219,7 @@ class RabbitMQServer:
         self.epmd = Process(
             "epmd", ["epmd", "-port", str(self.epmd_port)], epmd_env, self.log_dir
         ).start()
-        wait_for(lambda: _accepts(self.epmd_port), 10, what=f"epmd on {self.epmd_port}")
+        wait_for(lambda: accepts(self.epmd_port), 10, what=f"epmd on {self.epmd_port}")
         env = {
             **os.environ,
             "HOME": str(home),
@@ -244,16 +243,10 @@ class RabbitMQServer:
             interval=0.25,
             what=f"rabbitmq-server on port {self.port}",
         )
-        wait_for(lambda: _accepts(self.port), 10, what=f"AMQP on port {self.port}")
+        wait_for(lambda: accepts(self.port), 10, what=f"AMQP on port {self.port}")
         return self
 
     def stop(self) -> None:
         for process in (self.process, self.epmd):
             if process is not None:
                 process.stop(timeout=30)
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0

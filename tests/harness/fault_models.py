@@ -1,6 +1,6 @@
 """Models that fail for some pairs only, for fault-injection tests of real processes.
 
-Loaded through MODEL like any model (MODEL=tests.fault_models:PairFaultModel); which
+Loaded through MODEL like any model (MODEL=tests.harness.fault_models:PairFaultModel); which
 pair fails, and how, is read from the FAULTS environment variable when the model is
 built, once per process:
 
