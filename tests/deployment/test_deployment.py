@@ -12,12 +12,10 @@ to the services they serve; tests/integration/test_edge.py runs the edge's nginx
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 import re
 import shlex
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,21 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from predictions.settings import Settings
+from tests.deployment.files import (
+    ROOT,
+    SECRET_PATTERNS,
+    Dockerfile,
+    Instruction,
+    copy_sources,
+    dockerignored,
+    make_recipes,
+    make_variable,
+    nginx_directives,
+    procfile_commands,
+    read_dockerfile,
+    render_template,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = ("api", "worker", "beat")
 # Optional services, each started only when its profile is named: service -> profile.
 PROFILE_SERVICES = {"edge": "edge", "flower": "flower"}
@@ -38,142 +49,8 @@ ROOT_USERS = ("root", "0")
 # Variables the image sets for the interpreter rather than for the service.
 INTERPRETER_ENV = {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
 
-SECRET_PATTERNS = {
-    "a password, secret, token or key assigned a value": re.compile(
-        r"(?i)\w*(passw(or)?d|secret|token|api_?key|access_?key)\w*[ \t]*[=:][ \t]*[^\s\[{]"
-    ),
-    "an AWS access key id": re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
-    "credentials in a URL": re.compile(r"://[^/\s:@]*:[^/\s@]+@"),
-    "a Redis password on the command line": re.compile(r"--requirepass\b"),
-    "a private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-}
 
-
-# --- parsing --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Instruction:
-    keyword: str
-    value: str
-
-
-def parse_dockerfile(text: str) -> list[Instruction]:
-    """The Dockerfile's instructions, line continuations joined and comments dropped."""
-    instructions: list[Instruction] = []
-    pending = ""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        keyword, _, value = (pending + stripped).partition(" ")
-        instructions.append(Instruction(keyword.upper(), value.strip()))
-        pending = ""
-    assert not pending, "the Dockerfile ends inside a line continuation"
-    return instructions
-
-
-def copy_sources(instruction: Instruction) -> list[str]:
-    """The source paths of a COPY instruction, without flags such as --chown."""
-    if instruction.value.startswith("["):
-        parts = json.loads(instruction.value)
-    else:
-        parts = [part for part in shlex.split(instruction.value) if not part.startswith("--")]
-    return [part.rstrip("/") for part in parts[:-1]]
-
-
-def env_assignments(instruction: Instruction) -> dict[str, str]:
-    """The KEY=VALUE pairs of an ENV instruction."""
-    pairs = [part.partition("=") for part in shlex.split(instruction.value)]
-    assert all(sep for _, sep, _ in pairs), f"ENV {instruction.value}: use KEY=VALUE"
-    return {key: value for key, _, value in pairs}
-
-
-@dataclasses.dataclass(frozen=True)
-class Makefile:
-    variables: dict[str, str]
-    prerequisites: dict[str, list[str]]
-    recipes: dict[str, list[str]]
-
-    def expand(self, text: str) -> str:
-        for _ in range(10):
-            expanded = re.sub(r"\$\((\w+)\)", lambda m: self.variables.get(m[1], m[0]), text)
-            if expanded == text:
-                break
-            text = expanded
-        return text
-
-    def recipes_for(self, target: str) -> Iterator[str]:
-        """The recipe lines of ``target`` and of every rule it depends on."""
-        seen: set[str] = set()
-        todo = [target]
-        while todo:
-            name = todo.pop()
-            if name in seen or name not in self.prerequisites:
-                continue
-            seen.add(name)
-            yield from (self.expand(line) for line in self.recipes[name])
-            todo.extend(self.prerequisites[name])
-
-
-def parse_makefile(text: str) -> Makefile:
-    """Variables, rules and recipes of a plain Makefile (enough for ours)."""
-    variables: dict[str, str] = {}
-    raw_rules: list[tuple[str, str, list[str]]] = []
-    recipe: list[str] | None = None
-    for line in text.splitlines():
-        if line.startswith("\t"):
-            if recipe is not None:
-                recipe.append(line.strip())
-            continue
-        recipe = None
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        assignment = re.match(r"^(?:export\s+)?([A-Za-z_]\w*)\s*(?::=|\?=|=)\s*(.*)$", line)
-        if assignment:
-            variables[assignment[1]] = assignment[2].split("#")[0].strip()
-            continue
-        rule = re.match(r"^([^\s:=#][^:=]*?)\s*:(?!=)\s*(.*)$", line)
-        if rule:
-            recipe = []
-            raw_rules.append((rule[1], rule[2].split("##")[0], recipe))
-    makefile = Makefile(variables, {}, {})
-    for targets, prerequisites, lines in raw_rules:
-        for target in makefile.expand(targets).split():
-            expanded = makefile.expand(prerequisites).replace("|", " ").split()
-            makefile.prerequisites[target] = expanded
-            makefile.recipes[target] = lines
-    return makefile
-
-
-def dockerignored(path: str, patterns: list[str]) -> bool:
-    """Whether .dockerignore's ``patterns`` keep ``path`` out of the build context."""
-    parts = path.split("/")
-    ignored = False
-    for raw in patterns:
-        negate = raw.startswith("!")
-        pattern = raw.lstrip("!").strip("/")
-        for end in range(1, len(parts) + 1):
-            prefix = "/".join(parts[:end])
-            if pattern.startswith("**/"):
-                suffixes = ("/".join(parts[start:end]) for start in range(end))
-                hit = any(fnmatch.fnmatchcase(s, pattern[3:]) for s in suffixes)
-            else:
-                hit = fnmatch.fnmatchcase(prefix, pattern)
-            if hit:
-                ignored = not negate
-                break
-    return ignored
-
-
-def procfile_commands() -> dict[str, list[str]]:
-    """What each process of `make run` runs, as argv (scripts/run.py)."""
-    from scripts.run import COMMANDS
-
-    return {name: list(argv) for name, argv in COMMANDS.items()}
+# --- reading the files (tests/deployment/files.py holds the parsers) --------------------
 
 
 def as_argv(command: str | list[str]) -> list[str]:
@@ -214,8 +91,13 @@ def setting_names() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def dockerfile() -> list[Instruction]:
-    return parse_dockerfile((ROOT / "Dockerfile").read_text())
+def parsed_dockerfile() -> Dockerfile:
+    return read_dockerfile(ROOT / "Dockerfile")
+
+
+@pytest.fixture(scope="module")
+def dockerfile(parsed_dockerfile: Dockerfile) -> list[Instruction]:
+    return parsed_dockerfile.instructions
 
 
 @pytest.fixture(scope="module")
@@ -249,12 +131,8 @@ def project_code(pyproject: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def image_env(dockerfile: list[Instruction]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for instruction in dockerfile:
-        if instruction.keyword == "ENV":
-            env |= env_assignments(instruction)
-    return env
+def image_env(parsed_dockerfile: Dockerfile) -> dict[str, str]:
+    return parsed_dockerfile.env
 
 
 def make_install_index(dockerfile: list[Instruction]) -> int:
@@ -271,11 +149,7 @@ def make_install_index(dockerfile: list[Instruction]) -> int:
 
 
 def test_make_install_pip_installs_the_project_with_runtime_dependencies_only() -> None:
-    makefile = parse_makefile((ROOT / "Makefile").read_text())
-    assert "install" in makefile.prerequisites, "the Makefile has no install target"
-    installs = [
-        shlex.split(line) for line in makefile.recipes_for("install") if "pip install" in line
-    ]
+    installs = [shlex.split(line) for line in make_recipes("install") if "pip install" in line]
     assert installs, "`make install` runs no pip install"
     assert any("." in argv for argv in installs), "`make install` should install the project"
     for argv in installs:
@@ -285,8 +159,8 @@ def test_make_install_pip_installs_the_project_with_runtime_dependencies_only() 
             assert argv[argv.index("-r") + 1] == "requirements/service.lock", argv
         else:
             assert "--no-deps" in argv, argv
-    assert makefile.variables["SERVICE_LOCK"] == "requirements/service.lock"
-    assert makefile.variables["VENV"] == ".venv"
+    assert make_variable("SERVICE_LOCK") == "requirements/service.lock"
+    assert make_variable("VENV") == ".venv"
 
 
 # --- Dockerfile -----------------------------------------------------------------------
@@ -412,7 +286,7 @@ def test_default_command_is_the_api_as_the_procfile_runs_it(
         ".venv/bin/python",
         ".run/redis/dump.rdb",
         ".env",
-        "tests/unit/test_deployment.py",
+        "tests/deployment/test_deployment.py",
         "docs/index.md",
         "predictions/__pycache__/store.cpython-311.pyc",
         ".pytest_cache/README.md",
@@ -562,13 +436,6 @@ def test_redis_is_bounded_and_evicts_only_keys_with_a_ttl(
 # --- the optional profiles: the edge cache and Flower ----------------------------------
 
 
-def nginx_directives(text: str) -> list[list[str]]:
-    """Each directive of an nginx config as its words, comments dropped (enough for ours)."""
-    code = "\n".join(line.split("#")[0] for line in text.splitlines())
-    statements = re.split(r"[;{}]", code)
-    return [statement.split() for statement in statements if statement.strip()]
-
-
 @pytest.fixture(scope="module")
 def edge_template() -> str:
     return EDGE_TEMPLATE.read_text()
@@ -603,9 +470,13 @@ def test_edge_variables_fill_the_template_and_nothing_else(
     assert env["EDGE_API"] == f"api:{api_port}"
 
 
-def test_edge_never_serves_a_stale_or_an_error_answer(edge_template: str) -> None:
-    # What the integration test shows with a real nginx, held here where nginx is absent.
-    directives = nginx_directives(edge_template)
+def test_edge_never_serves_a_stale_or_an_error_answer(
+    services: dict[str, dict[str, Any]], edge_template: str, tmp_path: Path
+) -> None:
+    # What the integration test shows with a real nginx, held here where nginx is absent:
+    # the template as the image renders it, parsed by nginx's grammar (crossplane).
+    rendered = render_template(edge_template, environment(services["edge"]))
+    directives = nginx_directives(rendered, tmp_path)
     names = [words[0] for words in directives]
     ignored = next(words[1:] for words in directives if words[0] == "proxy_ignore_headers")
     assert {"Cache-Control", "Expires"} <= set(ignored)
@@ -711,15 +582,8 @@ def test_compose_publishes_the_api_on_the_hosts_loopback_only(
 # --- issue 13: scrapable worker metrics, graceful stops, the lock ----------------------
 
 
-def test_worker_metrics_listen_beyond_loopback_in_the_image(
-    dockerfile: list[Instruction],
-) -> None:
-    env: dict[str, str] = {}
-    for instruction in dockerfile:
-        if instruction.keyword == "ENV":
-            pairs = (part.partition("=") for part in shlex.split(instruction.value))
-            env.update({key: value for key, _, value in pairs})
-    assert env["WORKER_METRICS_BIND"].startswith("0.0.0.0:")
+def test_worker_metrics_listen_beyond_loopback_in_the_image(image_env: dict[str, str]) -> None:
+    assert image_env["WORKER_METRICS_BIND"].startswith("0.0.0.0:")
 
 
 def test_containers_may_stop_more_slowly_than_gunicorn_drains(

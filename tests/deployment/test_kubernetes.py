@@ -24,10 +24,9 @@ import yaml
 
 from api import create_app
 from predictions.settings import Settings
-from tests.unit.test_deployment import SECRET_PATTERNS, procfile_commands
+from tests.deployment.files import ROOT, SECRET_PATTERNS, procfile_commands
 from worker.celery_app import create_celery
 
-ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "kubernetes"
 # The oldest Kubernetes release still supported upstream when this was written; the
 # manifests use nothing newer, and strict validation refuses unknown fields.

@@ -39,7 +39,7 @@ from predictions.versions import ModelCatalog
 from tests.harness.doubles import CountingModel
 from worker.refresh import RefreshResources, refresh_pairs
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kraken"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "kraken"
 API = "https://api.kraken.com"
 # The fixtures' 60 candles open at T0, T0 + 60, ... T0 + 3540 (2026-01-01T00:00Z on).
 T0 = 1_767_225_600

@@ -19,7 +19,7 @@ from predictions.market_data import PriceWindow, SyntheticMarketData
 from predictions.model import LoadedModel, ModelLoadError, load_model
 from predictions.predictor import PredictionFailed, Predictor
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NOW = 1_764_000_000.0
 PAIRS = ("ETH-EUR", "BTC-USD", "SOL-USD", "DOGE-USD", "FOO-BAR")
 TEMPLATE = "examples.template_model:TemplateModel"
