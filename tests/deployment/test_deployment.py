@@ -127,7 +127,8 @@ def pyproject() -> dict[str, Any]:
 def project_code(pyproject: dict[str, Any]) -> list[str]:
     """The packages and modules that the install makes importable, as paths."""
     setuptools = pyproject["tool"]["setuptools"]
-    return setuptools["packages"] + [f"{module}.py" for module in setuptools["py-modules"]]
+    found: list[str] = setuptools["packages"]
+    return found + [f"{module}.py" for module in setuptools["py-modules"]]
 
 
 @pytest.fixture(scope="module")

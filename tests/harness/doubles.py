@@ -24,6 +24,10 @@ def make_prediction(**changes: object) -> Prediction:
     return Prediction(**(fields | changes))  # type: ignore[arg-type]
 
 
+# The doubles take the horizon, as LoadedModel passes it to a predict that names it; its
+# default lets them stand where the two-argument Model protocol is expected, unwrapped.
+
+
 class CountingModel:
     """The default model's interface with a fixed answer, counting its calls."""
 
@@ -34,7 +38,7 @@ class CountingModel:
         self.calls: list[str] = []
         self._lock = threading.Lock()
 
-    def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int) -> float:
+    def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int = 0) -> float:
         with self._lock:
             self.calls.append(pair)
         return self.price
@@ -45,7 +49,7 @@ class FailingModel:
 
     version = "failing-1"
 
-    def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int) -> float:
+    def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int = 0) -> float:
         raise RuntimeError("model exploded")
 
 
@@ -54,7 +58,7 @@ class NanModel:
 
     version = "nan-1"
 
-    def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int) -> float:
+    def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int = 0) -> float:
         return float("nan")
 
 

@@ -224,7 +224,10 @@ def test_edge_caches_no_errors_and_revalidates_from_its_cache(edge: Edge) -> Non
         assert {a.headers["Cache-Control"] for a in answers} == {"no-store"}
     for path in ("/predict/XRP-JPY", "/predict/ETHEUR"):
         # gunicorn logs a request just after answering it.
-        wait_for(lambda p=path: origin_requests(edge.api, p) >= 3, 5, what=f"{path} logged")
+        def logged(p: str = path) -> bool:
+            return origin_requests(edge.api, p) >= 3
+
+        wait_for(logged, 5, what=f"{path} logged")
         assert origin_requests(edge.api, path) == 3, "the API saw each request"
 
     # Not a prediction: passed through, never cached.

@@ -104,15 +104,15 @@ def burst(api: Process, paths: list[str]) -> list[Answer]:
     while len(arrived) < len(paths):
         assert time.monotonic() < deadline, f"{len(paths) - len(arrived)} answers missing"
         for key, _ in selector.select(timeout=1):
-            sock, index = key.fileobj, key.data
-            assert isinstance(sock, socket.socket)
-            chunk = sock.recv(65536)
+            ready, index = key.fileobj, key.data
+            assert isinstance(ready, socket.socket)
+            chunk = ready.recv(65536)
             if chunk:
                 received[index] += chunk
             else:  # Connection: close, so the end of the answer
                 arrived[index] = time.monotonic()
-                selector.unregister(sock)
-                sock.close()
+                selector.unregister(ready)
+                ready.close()
     selector.close()
     answers = []
     for index, raw in enumerate(received):
@@ -385,6 +385,7 @@ def test_memory_pressure_evicts_the_cache_never_the_broker_queue(
     # The policy the embedded and compose Redis run with (scripts/embedded_redis.py).
     assert cache.config_get("maxmemory-policy")["maxmemory-policy"] == "volatile-lru"
     original_maxmemory = cache.config_get("maxmemory")["maxmemory"]
+    assert original_maxmemory is not None
     filler = b"x" * 1024
     filled = 0
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from kombu import Connection
+from kombu.connection import Connection
 
 from predictions.keys import prediction_key
 from predictions.settings import Settings
@@ -20,7 +20,7 @@ def test_a_pickled_task_is_refused_and_a_json_one_runs(
     worker = start("worker")
     settings = Settings(redis_url=redis_server.url)
     producer_app = create_celery(settings)
-    with Connection(settings.broker_url) as connection:
+    with Connection(settings.broker_url) as connection:  # type: ignore[no-untyped-call]
         # The same task, in pickle: what an attacker able to write to the broker sends.
         producer_app.send_task(
             "predictions.refresh_pairs", args=[["ETH-EUR"]], serializer="pickle",

@@ -71,12 +71,15 @@ class SentinelGroup:
     def settled(self) -> bool:
         for index in range(3):
             state = self.sentinel(index).sentinel_master(MASTER)
+            assert isinstance(state, dict)
             if state["num-slaves"] < 1 or state["num-other-sentinels"] < 2:
                 return False
         return True
 
     def master_port(self) -> int:
-        _, port = self.sentinel().sentinel_get_master_addr_by_name(MASTER)
+        address = self.sentinel().sentinel_get_master_addr_by_name(MASTER)
+        assert isinstance(address, tuple)
+        _, port = address
         return int(port)
 
     @property

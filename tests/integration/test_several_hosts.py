@@ -14,6 +14,7 @@ REQUIRE_NETNS_TEST=1 (as CI sets) turns the skip into a failure.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -85,7 +86,7 @@ class Hosts:
         for name in ("api1", "api2"):
             bind = f"{self.net.hosts[name]}:{API_PORT}"
             self._run(name, [str(BIN / "gunicorn"), "api.wsgi:app"], API_BIND=bind)
-            wait_for(lambda api=name: self.healthy(api), 30, what=f"{name} up")
+            wait_for(functools.partial(self.healthy, name), 30, what=f"{name} up")
         return self
 
     def _run(self, host: str, argv: list[str], **env: str) -> None:

@@ -546,7 +546,8 @@ class StubAPI(http.server.BaseHTTPRequestHandler):
             self.server.release.wait(0.05)  # a miss computes; 50 ms is plenty slower
         if answer == "503":
             status, headers = 503, {"Retry-After": "1"}
-            body = {"error": {"status": 503, "code": "cache_unavailable", "message": "down"}}
+            error = {"status": 503, "code": "cache_unavailable", "message": "down"}
+            body: dict[str, object] = {"error": error}
         else:
             status, headers = 200, {"X-Cache": answer}
             body = {"pair": "ETH-EUR", "predicted_price": 2000.5, "model_version": "stub"}

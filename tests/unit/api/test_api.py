@@ -127,7 +127,7 @@ def test_a_failing_model_is_a_503_and_nothing_is_cached(
     predictor = Predictor.from_settings(
         dataclasses.replace(settings, model="tests.harness.doubles:FailingModel")
     )
-    assert isinstance(predictor.model.model, FailingModel)
+    assert predictor.model is not None and isinstance(predictor.model.model, FailingModel)
     client = create_app(settings, redis_client, predictor).test_client()
     response = client.get("/predict/ETH-EUR")
     assert response.status_code == 503
@@ -211,7 +211,7 @@ class CountingRedis(fakeredis.FakeRedis):
 
     def execute_command(self, *args, **options):  # type: ignore[no-untyped-def]
         CountingRedis.commands += 1
-        return super().execute_command(*args, **options)
+        return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
 
 @pytest.mark.parametrize("count", [1, 4, 50])

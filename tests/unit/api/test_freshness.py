@@ -45,7 +45,7 @@ class SwitchModel(CountingModel):
         self.gate = threading.Event()
         self.gate.set()
 
-    def predict(self, pair: str, prices: object, horizon_seconds: int) -> float:
+    def predict(self, pair: str, prices: object, horizon_seconds: int = 0) -> float:
         self.gate.wait(5)
         price = super().predict(pair, prices, horizon_seconds)  # type: ignore[arg-type]
         if self.failing:

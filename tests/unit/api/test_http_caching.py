@@ -118,7 +118,7 @@ def test_etag_is_strong_and_changes_with_what_identifies_a_body() -> None:
         {"pair": "BTC-EUR"},
         {"horizon_seconds": 60},
     ):
-        changed = dataclasses.replace(PREDICTION, **change)  # type: ignore[arg-type]
+        changed = dataclasses.replace(PREDICTION, **change)
         assert etag(changed, stale=False) != tag
         assert etag(changed, stale=True) != etag(PREDICTION, stale=True)
 

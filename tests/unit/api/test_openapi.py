@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import fakeredis
 import orjson
 import schemathesis
@@ -26,7 +28,7 @@ schema = schemathesis.openapi.from_wsgi("/openapi.json", APP)
 
 @schema.parametrize()
 @settings(max_examples=60, suppress_health_check=list(HealthCheck), deadline=None)
-def test_every_answer_matches_the_document(case: schemathesis.Case) -> None:
+def test_every_answer_matches_the_document(case: schemathesis.Case[Any]) -> None:
     keys_before, computations_before = REDIS.dbsize(), len(MODEL.calls)
     response = case.call_and_validate()
     assert response.status_code < 500

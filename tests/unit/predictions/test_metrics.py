@@ -56,7 +56,7 @@ def test_the_strict_parser_refuses_what_strict_scrapers_refuse() -> None:
 
 
 def requests(samples: dict, outcome: str) -> float:  # type: ignore[type-arg]
-    return samples.get(("prediction_requests_total", (("outcome", outcome),)), 0.0)
+    return float(samples.get(("prediction_requests_total", (("outcome", outcome),)), 0.0))
 
 
 def test_each_answer_counts_under_its_outcome(client: FlaskClient) -> None:

@@ -30,7 +30,7 @@ def test_json_is_compact_with_iso_utc_times() -> None:
 @pytest.mark.parametrize("price", [math.nan, math.inf, -math.inf, 0.0, -5.0, True, "12"])
 def test_unservable_prices_are_refused(price: object) -> None:
     with pytest.raises(InvalidPrediction):
-        Prediction(**{**_fields(GOOD), "predicted_price": price})
+        Prediction(**{**_fields(GOOD), "predicted_price": price})  # type: ignore[arg-type]
 
 
 def _fields(prediction: Prediction) -> dict[str, object]:

@@ -45,6 +45,6 @@ def test_a_broken_model_fails_loudly_with_the_pair(
 def test_from_settings_loads_the_configured_model() -> None:
     settings = Settings(model="tests.harness.doubles:CountingModel", prediction_horizon_seconds=60)
     predictor = Predictor.from_settings(settings)
-    assert predictor.model.version == "counting-1"
+    assert predictor.model is not None and predictor.model.version == "counting-1"
     assert predictor.horizon_seconds == 60
     assert predictor.simulated_latency_seconds == 1.0

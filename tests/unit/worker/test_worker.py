@@ -12,7 +12,7 @@ from predictions.keys import (
     prediction_key,
     refresh_slot_key,
 )
-from predictions.market_data import SyntheticMarketData
+from predictions.market_data import PriceWindow, SyntheticMarketData
 from predictions.model import ModelLoadError
 from predictions.predictor import Predictor
 from predictions.settings import Settings, SettingsError
@@ -64,7 +64,7 @@ def test_a_failing_pair_keeps_its_previous_prediction_and_others_refresh(
     store: PredictionStore, settings: Settings, redis_client: fakeredis.FakeRedis
 ) -> None:
     class FailsOnEth(CountingModel):
-        def predict(self, pair, prices, horizon_seconds):  # type: ignore[no-untyped-def]
+        def predict(self, pair: str, prices: PriceWindow, horizon_seconds: int = 0) -> float:
             if pair == "ETH-EUR" and self.calls:
                 raise RuntimeError("bad data")
             return super().predict(pair, prices, horizon_seconds)
