@@ -22,7 +22,7 @@ ENV PATH=/app/.venv/bin:$PATH \
 # An editable install needs its packages to exist, so empty stand-ins take their place
 # here; the install finds each package by its path (/app/<package>), so the real code
 # copied below replaces the stand-ins without a reinstall. Keep the stand-ins in step with
-# [tool.setuptools] in pyproject.toml (tests/unit/test_deployment.py checks it).
+# [tool.setuptools] in pyproject.toml (tests/deployment/test_deployment.py checks it).
 COPY Makefile pyproject.toml README.md ./
 # The exact versions, with hashes: the image installs what CI tested.
 COPY requirements/service.lock requirements/

@@ -49,8 +49,11 @@ run: dev ## Start Redis (embedded unless REDIS_URL is set), worker, beat and the
 test: dev ## Run the whole suite: unit and integration tests (real Redis, Celery, gunicorn)
 	$(BIN)/python -m pytest
 
-test-unit: dev ## Run the fast unit tests only
-	$(BIN)/python -m pytest tests/unit
+# The fast tests: no network, no servers (tests/scripts and tests/deployment too).
+FAST_TESTS := tests/unit tests/scripts tests/deployment
+
+test-unit: dev ## Run the fast tests only: tests/unit, tests/scripts, tests/deployment
+	$(BIN)/python -m pytest $(FAST_TESTS)
 
 test-integration: dev ## Run the integration tests only
 	$(BIN)/python -m pytest tests/integration

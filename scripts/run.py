@@ -45,7 +45,7 @@ from scripts.embedded_redis import free_port, server_args
 ROOT = Path(__file__).resolve().parent.parent
 
 # What each process runs, from the repository root (the README's commands; the
-# Dockerfile and docker-compose.yml run the same, tests/unit/test_deployment.py checks).
+# Dockerfile and docker-compose.yml run the same, tests/deployment/test_deployment.py checks).
 COMMANDS: dict[str, list[str]] = {
     "worker": ["celery", "-A", "worker", "worker", "--loglevel=INFO"],
     "beat": ["celery", "-A", "worker", "beat", "--loglevel=INFO"],

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.checkout import changes, snapshot
-from tests.processes import ROOT
+from tests.harness.checkout import changes, snapshot
+from tests.harness.processes import ROOT
 
 _BEFORE = pytest.StashKey[dict[str, tuple[int, int]]]()
 

@@ -25,7 +25,7 @@ from scripts.bench.results import (
 )
 from scripts.bench.stampede import stampede
 from scripts.bench.targets import StartFailed, Target
-from tests.processes import RedisServer
+from tests.harness.processes import RedisServer
 
 # Targets that compute on a miss (the floors never do).
 COMPUTING = (OURS, FLASK_CACHING, SEED)

@@ -1,6 +1,6 @@
 """What one benchmark run measured, and the figures the targets are judged on.
 
-Standard library only: tests/unit/test_bench.py builds Results by hand.
+Standard library only: tests/scripts/test_bench.py builds Results by hand.
 """
 
 from __future__ import annotations

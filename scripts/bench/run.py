@@ -38,7 +38,7 @@ from scripts.bench.phases import (
 from scripts.bench.results import FLASK_CACHING, FLOOR, FLOOR_GET, OURS, SEED, Results
 from scripts.bench.scaling import write_pairs_file
 from scripts.bench.targets import BASELINE_GUNICORN, Target, base_env
-from tests.processes import MARKER, ROOT, RedisServer, new_run_id, processes_with_marker
+from tests.harness.processes import MARKER, ROOT, RedisServer, new_run_id, processes_with_marker
 
 ALL_TARGETS = (OURS, FLASK_CACHING, SEED, FLOOR, FLOOR_GET)
 COMPARED_UNDER_EXPIRY = (OURS, FLASK_CACHING, SEED)

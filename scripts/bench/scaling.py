@@ -30,7 +30,7 @@ from predictions.settings import DEFAULT_PAIRS, Settings
 from scripts.bench import probes, wrk
 from scripts.bench.results import BASELINE_PAIRS, OURS, ScalePoint
 from scripts.bench.targets import OURS_VERSION, StartFailed, Target
-from tests.processes import RedisServer
+from tests.harness.processes import RedisServer
 
 REFRESH_TIMEOUT_SECONDS = 120
 POLL_SECONDS = 0.005

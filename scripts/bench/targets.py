@@ -27,7 +27,8 @@ from predictions.model import LogLinearTrendModel
 from predictions.settings import Settings
 from predictions.store import PredictionStore
 from scripts.bench.results import FLASK_CACHING, FLOOR, FLOOR_GET, OURS, SEED, TITLES
-from tests.processes import BIN, MARKER, Process, RedisServer, free_port, wait_for
+from tests.harness.ports import free_port
+from tests.harness.processes import BIN, MARKER, Process, RedisServer, wait_for
 
 START_TIMEOUT_SECONDS = 60
 WARM_PASSES = 10

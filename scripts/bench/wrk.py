@@ -1,6 +1,6 @@
 """Running wrk against one target and reading its result.
 
-Imports only the standard library, so that tests/unit/test_bench.py can check the
+Imports only the standard library, so that tests/scripts/test_bench.py can check the
 parsing without the `bench` extra.
 """
 

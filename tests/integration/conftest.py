@@ -1,5 +1,8 @@
 """Fixtures that start the real system: redis-server, celery worker and beat, gunicorn.
 
+The settings they run with are tests/harness/system.py's; the processes are
+tests/harness/processes.py's.
+
 Processes are started with the README's commands from the repository root, in the
 project's virtualenv, and stopped by PID after each test.
 """
@@ -7,26 +10,25 @@ project's virtualenv, and stopped by PID after each test.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import urllib3
 
-from predictions.model import LogLinearTrendModel
-from tests.processes import BIN, MARKER, Process, RedisServer, free_port, new_run_id, wait_for
+from tests.harness.ports import free_port
+from tests.harness.processes import (
+    BIN,
+    MARKER,
+    Process,
+    ProcessFactory,
+    RedisServer,
+    new_run_id,
+    wait_for,
+)
+from tests.harness.system import TEST_GRACE, TEST_MODEL_LATENCY, TEST_PAIRS, TEST_REFRESH, TEST_TTL
 
 pytestmark = pytest.mark.integration
-
-# Short enough that three TTLs fit in a test, long enough for a loaded 2-core machine.
-TEST_PAIRS = "ETH-EUR,BTC-EUR,ETH-USD,BTC-USD"
-TEST_TTL = 4
-TEST_REFRESH = 1
-TEST_MODEL_LATENCY = 0.3
-# The processes run the default model: its predictions are stored under its version.
-TEST_VERSION = LogLinearTrendModel.version
-# How long past its freshness a prediction stays in Redis, served as STALE.
-TEST_GRACE = 60
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +73,6 @@ def service_env(redis_server: RedisServer) -> dict[str, str]:
         }
     )
     return env
-
-
-ProcessFactory = Callable[..., Process]
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ import urllib3
 
 from predictions.keys import prediction_key
 from scripts.embedded_redis import server_args
-from tests.integration.conftest import TEST_VERSION, ProcessFactory
-from tests.processes import ROOT, Process, free_port, wait_for
+from tests.harness.ports import free_port
+from tests.harness.processes import ROOT, Process, ProcessFactory, wait_for
+from tests.harness.system import TEST_VERSION
 
 pytestmark = pytest.mark.integration
 

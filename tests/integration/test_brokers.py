@@ -12,17 +12,22 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 import redis
 
-from predictions.keys import prediction_key
-from tests.integration.conftest import TEST_PAIRS, TEST_REFRESH, TEST_VERSION, ProcessFactory
-from tests.processes import Process, RabbitMQServer, RedisServer, find_rabbitmq_server, wait_for
+from tests.harness.processes import (
+    Process,
+    ProcessFactory,
+    RabbitMQServer,
+    RedisServer,
+    find_rabbitmq_server,
+    wait_for,
+)
+from tests.harness.store import computed_at
+from tests.harness.system import PAIRS, TEST_REFRESH
 
 pytestmark = pytest.mark.integration
 
-PAIRS = TEST_PAIRS.split(",")
 # Refreshes each pair must show, one interval (TEST_REFRESH) apart at best.
 REFRESHES = 4
 
@@ -41,11 +46,6 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServe
         yield server.start(script)
     finally:
         server.stop()
-
-
-def computed_at(client: redis.Redis, pair: str) -> str | None:
-    raw = client.get(prediction_key(pair, TEST_VERSION))
-    return None if raw is None else str(orjson.loads(raw)["computed_at"])
 
 
 def watch_refreshes(client: redis.Redis, seconds: float) -> dict[str, set[str]]:
@@ -107,6 +107,7 @@ def test_broker_in_the_only_database_of_a_managed_redis(
         assert_every_pair_refreshed(client, worker, beat)
         # The queues live beside the predictions, under their own prefix.
         assert client.keys("celery:*")
-        assert not [k for k in client.keys("*") if k.startswith((b"_kombu", b"unacked"))]
+        keys: list[bytes] = client.keys("*")  # type: ignore[assignment]  # bytes: not decoded
+        assert not [k for k in keys if k.startswith((b"_kombu", b"unacked"))]
     finally:
         server.stop()

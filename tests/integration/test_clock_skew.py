@@ -19,14 +19,14 @@ import pytest
 import urllib3
 
 from predictions.prediction import parse_time
-from tests.integration.conftest import TEST_PAIRS, TEST_REFRESH, TEST_TTL, ProcessFactory
-from tests.integration.http import computations, get
-from tests.integration.test_brokers import computed_at
-from tests.processes import RedisServer, free_port, wait_for
+from tests.harness.http import computations, get
+from tests.harness.ports import free_port
+from tests.harness.processes import ProcessFactory, RedisServer, wait_for
+from tests.harness.store import computed_at
+from tests.harness.system import PAIRS, TEST_REFRESH, TEST_TTL
 
 pytestmark = pytest.mark.integration
 
-PAIRS = TEST_PAIRS.split(",")
 WATCH_SECONDS = 8
 
 

@@ -27,13 +27,13 @@ import pytest
 import urllib3
 
 from predictions.keys import prediction_key
-from tests.integration.conftest import TEST_PAIRS, TEST_TTL, TEST_VERSION, ProcessFactory
-from tests.processes import ROOT, Process, RedisServer, free_port, wait_for
+from tests.harness.ports import free_port
+from tests.harness.processes import ROOT, Process, ProcessFactory, RedisServer, wait_for
+from tests.harness.system import PAIRS, TEST_TTL, TEST_VERSION
 
 pytestmark = pytest.mark.integration
 
 TEMPLATE = ROOT / "deploy" / "nginx" / "templates" / "default.conf.template"
-PAIRS = TEST_PAIRS.split(",")
 # Every request through nginx is bounded; so is every request nginx makes (the template).
 HTTP = urllib3.PoolManager(maxsize=8, retries=False, timeout=urllib3.Timeout(total=15))
 # An answer checked fresh, by the API or by nginx (whose clock is read once per turn of
@@ -224,7 +224,10 @@ def test_edge_caches_no_errors_and_revalidates_from_its_cache(edge: Edge) -> Non
         assert {a.headers["Cache-Control"] for a in answers} == {"no-store"}
     for path in ("/predict/XRP-JPY", "/predict/ETHEUR"):
         # gunicorn logs a request just after answering it.
-        wait_for(lambda p=path: origin_requests(edge.api, p) >= 3, 5, what=f"{path} logged")
+        def logged(p: str = path) -> bool:
+            return origin_requests(edge.api, p) >= 3
+
+        wait_for(logged, 5, what=f"{path} logged")
         assert origin_requests(edge.api, path) == 3, "the API saw each request"
 
     # Not a prediction: passed through, never cached.

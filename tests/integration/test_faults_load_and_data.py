@@ -3,12 +3,9 @@ entries and a Redis short of memory, each against the real processes."""
 
 from __future__ import annotations
 
-import http.client
-import math
 import selectors
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,81 +16,15 @@ import pytest
 from predictions.keys import active_version_key, prediction_key
 from predictions.prediction import FIELDS, Prediction
 from predictions.store import PredictionStore
-from tests import load
-from tests.fault_models import PairFaultModel
-from tests.integration.conftest import (
-    TEST_GRACE,
-    TEST_PAIRS,
-    TEST_TTL,
-    TEST_VERSION,
-    ProcessFactory,
-)
-from tests.integration.http import Answer, computations, get
-from tests.processes import Process, RedisServer, wait_for
+from tests.harness import load
+from tests.harness.fault_models import PairFaultModel
+from tests.harness.faults import Hammer
+from tests.harness.http import Answer, computations, get
+from tests.harness.processes import Process, ProcessFactory, RedisServer, wait_for
+from tests.harness.store import cached, stored
+from tests.harness.system import PAIRS, TEST_GRACE, TEST_TTL, TEST_VERSION
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-
-PAIRS = TEST_PAIRS.split(",")
-
-
-def cached(redis_server: RedisServer, pairs: list[str], version: str = TEST_VERSION) -> bool:
-    return all(redis_server.client().exists(prediction_key(pair, version)) for pair in pairs)
-
-
-def stored(
-    redis_server: RedisServer, pair: str, version: str = TEST_VERSION
-) -> dict[str, Any] | None:
-    raw = redis_server.client().get(prediction_key(pair, version))
-    return None if raw is None else orjson.loads(raw)  # type: ignore[arg-type]
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile, as scripts/time_requests.py reports them."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
-class Hammer:
-    """A thread sending requests back to back on one keep-alive connection.
-
-    http.client rather than urllib3: the less the client spends per request, the more
-    the timings are the API's.
-    """
-
-    def __init__(self, api: Process, paths: list[str]) -> None:
-        host, port = api.env["API_BIND"].rsplit(":", 1)
-        self.connection = http.client.HTTPConnection(host, int(port), timeout=5)
-        self.paths = paths
-        self.answers: list[Answer] = []
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Hammer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self.connection.close()
-
-    def _run(self) -> None:
-        index = 0
-        while not self._stop.is_set():
-            path = self.paths[index % len(self.paths)]
-            try:
-                started = time.monotonic()
-                self.connection.request("GET", path)
-                response = self.connection.getresponse()
-                body = orjson.loads(response.read())
-                seconds = time.monotonic() - started
-            except Exception as exc:  # reported by the test, not lost in the thread
-                self.errors.append(exc)
-                return
-            self.answers.append(Answer(response.status, response.headers, body, seconds, started))
-            index += 1
-
 
 # --- 5. Two beats by mistake: still one refresh per pair per interval ----------------
 
@@ -117,7 +48,7 @@ def test_two_beats_refresh_each_pair_once_per_interval(
     env = {"SIMULATED_MODEL_LATENCY_SECONDS": "0.02"}
     worker = start("worker", **env)
     beat_a = start("beat", name="beat-a", **env)
-    wait_for(lambda: cached(redis_server, PAIRS), 30, what="every pair cached")
+    wait_for(lambda: cached(redis_server.client()), 30, what="every pair cached")
     beat_b = start("beat", name="beat-b", **env)
     wait_for(lambda: beat_b.count(SENT) >= 1, 30, what="the second beat sending")
 
@@ -173,15 +104,15 @@ def burst(api: Process, paths: list[str]) -> list[Answer]:
     while len(arrived) < len(paths):
         assert time.monotonic() < deadline, f"{len(paths) - len(arrived)} answers missing"
         for key, _ in selector.select(timeout=1):
-            sock, index = key.fileobj, key.data
-            assert isinstance(sock, socket.socket)
-            chunk = sock.recv(65536)
+            ready, index = key.fileobj, key.data
+            assert isinstance(ready, socket.socket)
+            chunk = ready.recv(65536)
             if chunk:
                 received[index] += chunk
             else:  # Connection: close, so the end of the answer
                 arrived[index] = time.monotonic()
-                selector.unregister(sock)
-                sock.close()
+                selector.unregister(ready)
+                ready.close()
     selector.close()
     answers = []
     for index, raw in enumerate(received):
@@ -274,7 +205,7 @@ def test_a_failing_model_writes_nothing_for_its_pairs_and_the_rest_stay_fresh(
 ) -> None:
     env = {
         "PAIRS": ",".join(FAULT_PAIRS),
-        "MODEL": "tests.fault_models:PairFaultModel",
+        "MODEL": "tests.harness.fault_models:PairFaultModel",
         "FAULTS": ",".join(f"{pair}={fault}" for pair, fault in FAULTS.items()),
         "STALE_GRACE_SECONDS": str(STALE_GRACE),
         # One API process that reads Redis on every request: the stale answer below
@@ -294,7 +225,7 @@ def test_a_failing_model_writes_nothing_for_its_pairs_and_the_rest_stay_fresh(
         for pair in FAULTS:
             assert not client.exists(prediction_key(pair, FAULTY)), pair
         for pair in HEALTHY:
-            entry = stored(redis_server, pair, FAULTY)
+            entry = stored(redis_server.client(), pair, FAULTY)
             if entry is not None:
                 seen[pair].add(entry["computed_at"])
         time.sleep(0.05)
@@ -420,7 +351,7 @@ def test_corrupt_entries_are_recomputed_on_request_never_a_500(
         assert set(answer.body) == FIELDS and answer.body["pair"] == pair, what
         assert answer.body["predicted_price"] > 0, what
         assert client.type(prediction_key(pair, TEST_VERSION)) == b"string", what
-        assert stored(redis_server, pair) == answer.body, what
+        assert stored(redis_server.client(), pair) == answer.body, what
         # Kept for its freshness and then its grace, no longer.
         assert (
             0 < client.pttl(prediction_key(pair, TEST_VERSION)) <= (TEST_TTL + TEST_GRACE) * 1000
@@ -449,11 +380,12 @@ def test_memory_pressure_evicts_the_cache_never_the_broker_queue(
     worker = start("worker")
     start("beat")
     api = start("api")
-    wait_for(lambda: cached(redis_server, PAIRS), 30, what="every pair cached")
+    wait_for(lambda: cached(redis_server.client()), 30, what="every pair cached")
     cache, broker = redis_server.client(0), redis_server.client(1)
     # The policy the embedded and compose Redis run with (scripts/embedded_redis.py).
     assert cache.config_get("maxmemory-policy")["maxmemory-policy"] == "volatile-lru"
     original_maxmemory = cache.config_get("maxmemory")["maxmemory"]
+    assert original_maxmemory is not None
     filler = b"x" * 1024
     filled = 0
 
@@ -491,7 +423,7 @@ def test_memory_pressure_evicts_the_cache_never_the_broker_queue(
             wait_for(
                 lambda: (
                     all(computations(worker, p) > computed_before[p] for p in PAIRS)
-                    and cached(redis_server, PAIRS)
+                    and cached(redis_server.client())
                 ),
                 30,
                 what="the worker refreshing every pair under memory pressure",

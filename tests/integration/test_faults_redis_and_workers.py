@@ -13,267 +13,67 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
-from pathlib import Path
 
 import orjson
 import pytest
 import redis
-import urllib3
 
-from predictions.keys import compute_lock_key, prediction_key
+from predictions.keys import compute_lock_key
 from predictions.market_data import build_market_data
-from predictions.prediction import Prediction, parse_time
+from predictions.prediction import parse_time
 from predictions.predictor import Predictor
 from predictions.redis_client import make_redis
 from predictions.settings import Settings
 from predictions.store import PredictionStore
-from tests.integration.conftest import (
-    TEST_MODEL_LATENCY,
-    TEST_PAIRS,
-    TEST_REFRESH,
-    TEST_TTL,
-    TEST_VERSION,
-    ProcessFactory,
+from tests.harness.doubles import CountingModel
+from tests.harness.faults import (
+    ANSWER_WITHIN,
+    FRESHNESS_BOUND,
+    FreshnessMonitor,
+    LoadGenerator,
+    LogCursor,
+    check_answers,
+    children,
+    frozen,
+    killed,
+    process_tree,
+    summary,
+    wchan,
 )
-from tests.integration.http import log_records
-from tests.processes import Process, RedisServer, wait_for
-from tests.support import CountingModel
+from tests.harness.http import get, log_records
+from tests.harness.processes import Process, ProcessFactory, RedisServer, wait_for
+from tests.harness.store import cached, stored
+from tests.harness.system import PAIRS, TEST_MODEL_LATENCY, TEST_REFRESH, TEST_TTL, TEST_VERSION
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-PAIRS = TEST_PAIRS.split(",")
 FAULT_SECONDS = 10  # how long Redis stays dead or frozen
-ANSWER_WITHIN = 2.0  # every request is answered within this, whatever the fault
 # After a fault ends, every pair is a HIT again within one refresh interval plus this.
 RECOVERY_SECONDS = TEST_REFRESH + 10
-# No pair's newest prediction may be older than this (acceptance bar of worker faults).
-FRESHNESS_BOUND = 2 * TEST_REFRESH + TEST_TTL
 
 
-# --- processes -----------------------------------------------------------------------
-
-
-def children(pid: int) -> set[int]:
-    """The PIDs of a process's direct children (gunicorn workers, Celery's pool)."""
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            found.update(int(child) for child in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return found
-
-
-def process_tree(*processes: Process) -> dict[str, tuple[int, frozenset[int]]]:
-    """Each process's PID and its children's: equal before and after = nothing restarted."""
-    return {p.name: (p.pid, frozenset(children(p.pid))) for p in processes}
-
-
-def wchan(pid: int) -> str:
-    """Where in the kernel a process sleeps: hrtimer_nanosleep while in time.sleep."""
-    try:
-        return Path(f"/proc/{pid}/wchan").read_text()
-    except OSError:
-        return ""
-
-
-class LogCursor:
-    """The part of a process's log written after a point in time."""
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        self.offset = len(process.output())
-
-    def text(self) -> str:
-        return self.process.output()[self.offset :]
-
-    def count(self, text: str) -> int:
-        return self.text().count(text)
+# --- what Redis holds ----------------------------------------------------------------
 
 
 def all_cached(redis_server: RedisServer) -> bool:
-    return all(redis_server.client().exists(prediction_key(pair, TEST_VERSION)) for pair in PAIRS)
-
-
-def stored(client: redis.Redis) -> dict[str, Prediction | None]:
-    """Every pair's prediction as Redis holds it now (None: absent)."""
-    values = client.mget([prediction_key(pair, TEST_VERSION) for pair in PAIRS])
-    return {
-        pair: None if raw is None else Prediction.from_json(raw, pair)
-        for pair, raw in zip(PAIRS, values, strict=True)
-    }
+    return cached(redis_server.client())
 
 
 def refreshed_since(redis_server: RedisServer, moment: float) -> bool:
     """Has every pair been computed after ``moment`` (Unix time)?"""
-    found = stored(redis_server.client()).values()
-    return all(p is not None and p.computed_at > moment for p in found)
-
-
-@contextmanager
-def killed(redis_server: RedisServer) -> Iterator[None]:
-    """Redis SIGKILLed, as in a crash; restarted, empty, on the same port on exit."""
-    redis_server.kill()
-    try:
-        yield
-    finally:
-        redis_server.start()
-
-
-@contextmanager
-def frozen(redis_server: RedisServer) -> Iterator[None]:
-    """Redis SIGSTOPped: connections are accepted, nothing is answered; SIGCONT on exit."""
-    assert redis_server.process is not None
-    redis_server.process.signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        redis_server.process.signal(signal.SIGCONT)
-
-
-# --- load ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sample:
-    sent: float  # time.monotonic() when the request was sent
-    pair: str
-    status: int | None  # None: no answer within the client's timeout
-    cache: str | None
-    retry_after: str | None
-    stale: object
-    seconds: float
-    expired_for: float = 0.0  # how long before the request its prediction had expired
-    error: str = ""
-
-
-class LoadGenerator:
-    """About ``rate`` requests a second over the pairs, from a few threads, until stopped.
-
-    Each thread sends on its own fixed schedule and skips what it missed rather than
-    bursting to catch up, so a slow API sees the same offered load throughout. The
-    client's timeout is well past ANSWER_WITHIN: a slow answer is measured, not cut.
-    """
-
-    def __init__(
-        self,
-        api: Process,
-        rate: float = 100,
-        threads: int = 16,
-        timeout: float = 5.0,
-        max_seconds: float = 60,
-    ) -> None:
-        self.base = f"http://{api.env['API_BIND']}"
-        self.period = threads / rate
-        self.threads = threads
-        self.max_seconds = max_seconds
-        self.http = urllib3.PoolManager(
-            maxsize=threads, retries=False, timeout=urllib3.Timeout(total=timeout)
-        )
-        self.samples: list[Sample] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    def __enter__(self) -> LoadGenerator:
-        started = time.monotonic()
-        for index in range(self.threads):
-            offset = self.period * index / self.threads
-            thread = threading.Thread(target=self._run, args=(index, started + offset))
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
-        self.http.clear()
-        assert not any(t.is_alive() for t in self._threads), "load threads did not stop"
-
-    def since(self, moment: float, until: float = float("inf")) -> list[Sample]:
-        with self._lock:
-            return [s for s in self.samples if moment <= s.sent < until]
-
-    def _run(self, index: int, next_at: float) -> None:
-        ends = time.monotonic() + self.max_seconds
-        count = 0
-        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
-            now = time.monotonic()
-            if now > ends:
-                return
-            pair = PAIRS[(index + count) % len(PAIRS)]
-            count += 1
-            sample = self._request(pair)
-            with self._lock:
-                self.samples.append(sample)
-            next_at += self.period
-            if next_at < time.monotonic():  # fell behind: skip, do not burst
-                next_at = time.monotonic()
-
-    def _request(self, pair: str) -> Sample:
-        sent = time.monotonic()
-        sent_at = time.time()
-        try:
-            response = self.http.request("GET", f"{self.base}/predict/{pair}")
-        except urllib3.exceptions.HTTPError as exc:
-            seconds = time.monotonic() - sent
-            return Sample(sent, pair, None, None, None, None, seconds, error=repr(exc))
-        seconds = time.monotonic() - sent
-        stale: object = None
-        expired_for = 0.0
-        if response.status == 200:
-            body = orjson.loads(response.data)
-            stale = body.get("stale")
-            expired_for = sent_at - parse_time(body["fresh_until"], pair)
-        return Sample(
-            sent,
-            pair,
-            response.status,
-            response.headers.get("X-Cache"),
-            response.headers.get("Retry-After"),
-            stale,
-            seconds,
-            expired_for,
-        )
-
-
-def check_answers(samples: list[Sample]) -> None:
-    """The bar for every request under a Redis fault: quick, and 200 or a 503 to retry."""
-    unanswered = [s for s in samples if s.status is None]
-    assert not unanswered, f"{len(unanswered)} requests got no answer: {unanswered[:3]}"
-    slow = [s for s in samples if s.seconds >= ANSWER_WITHIN]
-    assert not slow, f"{len(slow)} answers took {ANSWER_WITHIN} s or more: {slow[:3]}"
-    assert not [s for s in samples if s.status == 500]
-    kinds = {(s.status, s.cache if s.status == 200 else s.retry_after) for s in samples}
-    allowed = {(200, "HIT"), (200, "MISS"), (200, "STALE"), (503, "1")}
-    assert kinds <= allowed, kinds - allowed
-    # Only a stale answer says so, and it always does.
-    assert all((s.stale is True) == (s.cache == "STALE") for s in samples if s.status == 200)
-    # A fresh answer had not expired before it was asked for (slack: ms rounding).
-    expired = [s for s in samples if s.cache in ("HIT", "MISS") and s.expired_for > 0.01]
-    assert not expired, f"{len(expired)} expired predictions served as fresh: {expired[:3]}"
-
-
-def summary(samples: list[Sample]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for s in samples:
-        key = f"{s.status} {s.cache or ''}".strip()
-        counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
-def api_get(api: Process, pair: str) -> urllib3.BaseHTTPResponse:
-    url = f"http://{api.env['API_BIND']}/predict/{pair}"
-    return urllib3.request("GET", url, timeout=5, retries=False)
+    client = redis_server.client()
+    found = {pair: stored(client, pair) for pair in PAIRS}
+    return all(
+        entry is not None and parse_time(entry["computed_at"], pair) > moment
+        for pair, entry in found.items()
+    )
 
 
 def all_hits(api: Process) -> bool:
-    return all(api_get(api, pair).headers.get("X-Cache") == "HIT" for pair in PAIRS)
+    return all(get(api, f"/predict/{pair}").headers.get("X-Cache") == "HIT" for pair in PAIRS)
 
 
 # --- Redis killed or frozen under load -------------------------------------------------
@@ -417,53 +217,6 @@ def test_a_write_lost_in_a_frozen_redis_does_not_come_back_expired(
 # --- Celery pool process and worker killed --------------------------------------------
 
 
-class FreshnessMonitor:
-    """Samples every pair in Redis every ~100 ms: absent keys, and the age of the newest
-    prediction seen for the pair (so a pair absent for long also grows old)."""
-
-    def __init__(self, redis_server: RedisServer, interval: float = 0.1) -> None:
-        self.client = redis_server.client()
-        self.interval = interval
-        # (Unix time, pair, present, age of the newest prediction seen)
-        self.samples: list[tuple[float, str, bool, float]] = []
-        self._newest: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def __enter__(self) -> FreshnessMonitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self.client.close()
-
-    def absent(self, since: float, until: float = float("inf")) -> list[tuple[float, str]]:
-        return [
-            (t, pair) for t, pair, present, _ in self.samples if since <= t < until and not present
-        ]
-
-    def too_old(self, since: float, until: float = float("inf")) -> list[tuple[float, str, float]]:
-        return [
-            (t, pair, age)
-            for t, pair, _, age in self.samples
-            if since <= t < until and age > FRESHNESS_BOUND
-        ]
-
-    def oldest(self, since: float, until: float = float("inf")) -> float:
-        return max((age for t, _, _, age in self.samples if since <= t < until), default=0.0)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            now = time.time()
-            for pair, prediction in stored(self.client).items():
-                if prediction is not None:
-                    self._newest[pair] = max(self._newest.get(pair, 0.0), prediction.computed_at)
-                age = now - self._newest.get(pair, now)
-                self.samples.append((now, pair, prediction is not None, age))
-
-
 def busy_pool_process(worker: Process) -> int | None:
     """A pool process in the middle of a refresh: asleep in the model's latency."""
     for pid in children(worker.pid):
@@ -585,7 +338,7 @@ def test_beat_stopped_longer_than_the_ttl(start: ProcessFactory, redis_server: R
     while time.monotonic() < outage_ends:
         for pair in PAIRS:
             started = time.monotonic()
-            response = api_get(api, pair)
+            response = get(api, f"/predict/{pair}")
             answers.append(
                 (response.status, response.headers.get("X-Cache"), time.monotonic() - started)
             )

@@ -43,8 +43,8 @@ import requests_cache
 import urllib3
 from cachecontrol import CacheControl
 
-from tests.integration.conftest import ProcessFactory
-from tests.processes import Process, free_port, wait_for
+from tests.harness.ports import free_port
+from tests.harness.processes import Process, ProcessFactory, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -239,7 +239,7 @@ def setup(start: ProcessFactory, tmp_path: Path) -> Iterator[Setup]:
         "PREDICTION_TTL_SECONDS": str(TTL),
         "STALE_GRACE_SECONDS": str(GRACE),
         # A model that fails while this file exists, in every process.
-        "MODEL": "tests.fault_models:SwitchedFaultModel",
+        "MODEL": "tests.harness.fault_models:SwitchedFaultModel",
         "FAULT_FILE": str(tmp_path / "model-fails"),
         "WORKER_METRICS_BIND": "off",
     }

@@ -19,14 +19,14 @@ import redis
 import urllib3
 
 from scripts.embedded_redis import _bundled_redis_server, find_redis_server, server_args
-from tests.checkout import snapshot
-from tests.processes import (
+from tests.harness.checkout import snapshot
+from tests.harness.ports import free_port
+from tests.harness.processes import (
     BIN,
     MARKER,
     ROOT,
     Process,
     RedisServer,
-    free_port,
     new_run_id,
     processes_with_marker,
     wait_for,

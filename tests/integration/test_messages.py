@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from kombu import Connection
+from kombu.connection import Connection
 
 from predictions.keys import prediction_key
 from predictions.settings import Settings
-from tests.integration.conftest import TEST_VERSION, ProcessFactory
-from tests.processes import RedisServer, wait_for
+from tests.harness.processes import ProcessFactory, RedisServer, wait_for
+from tests.harness.system import TEST_VERSION
 from worker.celery_app import create_celery
 from worker.tasks import DEPRECATED_REFRESH_BATCH_TASK, REFRESH_BATCH_TASK
 
@@ -21,7 +21,7 @@ def test_a_pickled_task_is_refused_and_a_json_one_runs(
     worker = start("worker")
     settings = Settings(redis_url=redis_server.url)
     producer_app = create_celery(settings)
-    with Connection(settings.broker_url) as connection:
+    with Connection(settings.broker_url) as connection:  # type: ignore[no-untyped-call]
         # The same task, in pickle: what an attacker able to write to the broker sends.
         producer_app.send_task(
             REFRESH_BATCH_TASK, args=[["ETH-EUR"]], serializer="pickle",

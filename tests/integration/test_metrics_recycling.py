@@ -12,8 +12,8 @@ import pytest
 import urllib3
 
 from predictions.keys import prediction_key
-from tests.integration.conftest import TEST_PAIRS, TEST_VERSION, ProcessFactory
-from tests.processes import RedisServer, wait_for
+from tests.harness.processes import ProcessFactory, RedisServer, wait_for
+from tests.harness.system import TEST_PAIRS, TEST_VERSION
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from examples.model_styles import ContractStyleModel, ListStyleModel, NumpyStyle
 from predictions.keys import prediction_key
 from predictions.market_data import SyntheticMarketData
 from predictions.prediction import Prediction
-from tests.integration.conftest import TEST_PAIRS, ProcessFactory
-from tests.processes import RedisServer, wait_for
+from tests.harness.processes import ProcessFactory, RedisServer, wait_for
+from tests.harness.system import TEST_PAIRS
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,9 @@ def test_each_model_style_refreshes_every_pair_in_a_worker(
     keys = [prediction_key(pair, model.version) for pair in pairs]  # type: ignore[attr-defined]
     wait_for(lambda: all(client.exists(key) for key in keys), 60, what=f"{model.__name__} stored")
     for pair, key in zip(pairs, keys, strict=True):
-        prediction = Prediction.from_json(client.get(key), pair)
+        raw = client.get(key)
+        assert isinstance(raw, bytes)
+        prediction = Prediction.from_json(raw, pair)
         assert prediction.model_version == model.version  # type: ignore[attr-defined]
         assert np.isclose(_expected(pair, prediction.computed_at), prediction.predicted_price).any()
     assert "Traceback" not in worker.output()

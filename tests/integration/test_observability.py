@@ -10,14 +10,14 @@ import pytest
 import urllib3
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import TEST_PAIRS, TEST_TTL, ProcessFactory
-from tests.integration.http import get, log_records
-from tests.processes import Process, free_port, wait_for
-from tests.support import parse_media_type
+from tests.harness.doubles import parse_media_type
+from tests.harness.http import get, log_records
+from tests.harness.ports import free_port
+from tests.harness.processes import Process, ProcessFactory, wait_for
+from tests.harness.system import PAIRS, TEST_TTL
 
 pytestmark = pytest.mark.integration
 
-PAIRS = TEST_PAIRS.split(",")
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -94,7 +94,7 @@ def test_a_refresh_failure_moves_stale_and_age_not_fresh_hits(
     start: ProcessFactory, tmp_path: Path
 ) -> None:
     switch = tmp_path / "model-broken"
-    env = {"MODEL": "tests.fault_models:SwitchedFaultModel", "FAULT_FILE": str(switch)}
+    env = {"MODEL": "tests.harness.fault_models:SwitchedFaultModel", "FAULT_FILE": str(switch)}
     start("worker", **env)
     start("beat", **env)
     api = start("api", **env)

@@ -20,14 +20,13 @@ from predictions.market_data import SyntheticMarketData
 from predictions.model import LogLinearTrendModel
 from predictions.predictor import Predictor
 from predictions.store import PredictionStore
-from tests.integration.conftest import TEST_PAIRS, TEST_REFRESH, ProcessFactory
-from tests.integration.http import get
-from tests.processes import BIN, ROOT, Process, RedisServer, wait_for
-from tests.support import CountingModel
+from tests.harness.doubles import CountingModel
+from tests.harness.http import get
+from tests.harness.processes import BIN, ROOT, Process, ProcessFactory, RedisServer, wait_for
+from tests.harness.system import PAIRS, TEST_REFRESH
 
 pytestmark = pytest.mark.integration
 
-PAIRS = TEST_PAIRS.split(",")
 OLD = LogLinearTrendModel.version
 NEW_MODEL = "examples.template_model:TemplateModel"
 NEW = "naive-last-price-1"
@@ -209,7 +208,7 @@ def test_a_rollout_that_cannot_compute_every_pair_flips_nothing(
     client = redis_server.client()
     wait_for(lambda: client.get(active_version_key()) == OLD.encode(), 30, what="the worker")
     env = {**service_env, "FAULTS": f"{PAIRS[1]}=raise"}
-    done = _run_make("rollout", env, "MODEL=tests.fault_models:PairFaultModel")
+    done = _run_make("rollout", env, "MODEL=tests.harness.fault_models:PairFaultModel")
     assert done.returncode != 0
     assert "nothing flipped" in done.stderr and PAIRS[1] in done.stderr
     assert client.get(active_version_key()) == OLD.encode()

@@ -8,14 +8,13 @@ import time
 
 import pytest
 
-from tests.integration.conftest import TEST_PAIRS, TEST_REFRESH, ProcessFactory
-from tests.integration.http import computations
-from tests.integration.test_brokers import computed_at
-from tests.processes import RedisServer, wait_for
+from tests.harness.http import computations
+from tests.harness.processes import ProcessFactory, RedisServer, wait_for
+from tests.harness.store import computed_at
+from tests.harness.system import PAIRS, TEST_REFRESH
 
 pytestmark = pytest.mark.integration
 
-PAIRS = TEST_PAIRS.split(",")
 WORKERS = 3
 INTERVALS = 10
 

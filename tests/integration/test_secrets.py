@@ -13,8 +13,8 @@ import pytest
 import urllib3
 
 from scripts.embedded_redis import server_args
-from tests.integration.conftest import ProcessFactory
-from tests.processes import BIN, ROOT, Process, free_port, wait_for
+from tests.harness.ports import free_port
+from tests.harness.processes import BIN, ROOT, Process, ProcessFactory, wait_for
 
 pytestmark = pytest.mark.integration
 

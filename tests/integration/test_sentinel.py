@@ -18,13 +18,13 @@ import redis
 
 from predictions.keys import prediction_key
 from predictions.prediction import parse_time
-from tests.integration.conftest import TEST_PAIRS, TEST_VERSION, ProcessFactory
-from tests.integration.test_faults_redis_and_workers import LoadGenerator, check_answers
-from tests.processes import Process, RedisServer, free_port, wait_for
+from tests.harness.faults import LoadGenerator, check_answers
+from tests.harness.ports import free_port
+from tests.harness.processes import Process, ProcessFactory, RedisServer, wait_for
+from tests.harness.system import PAIRS, TEST_VERSION
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-PAIRS = TEST_PAIRS.split(",")
 MASTER = "cache"
 # Longer than the suite's 1 s, so that "two refresh intervals" measures the system
 # following the promotion rather than Celery's reconnect backoff (2 s, then 4 s).
@@ -71,12 +71,15 @@ class SentinelGroup:
     def settled(self) -> bool:
         for index in range(3):
             state = self.sentinel(index).sentinel_master(MASTER)
+            assert isinstance(state, dict)
             if state["num-slaves"] < 1 or state["num-other-sentinels"] < 2:
                 return False
         return True
 
     def master_port(self) -> int:
-        _, port = self.sentinel().sentinel_get_master_addr_by_name(MASTER)
+        address = self.sentinel().sentinel_get_master_addr_by_name(MASTER)
+        assert isinstance(address, tuple)
+        _, port = address
         return int(port)
 
     @property

@@ -2,7 +2,7 @@
 gunicorn.conf.py (gevent workers): cold bursts, slow and idle clients, a CPU-bound model.
 
 Latency bounds here are the issue's own, measured by a probe in a process of its own
-(tests/load.py), with the margins a loaded 2-core machine needs; throughput is judged
+(tests/harness/load.py), with the margins a loaded 2-core machine needs; throughput is judged
 by `make bench`, never here.
 """
 
@@ -13,10 +13,9 @@ import time
 
 import pytest
 
-from tests import load
-from tests.integration.conftest import ProcessFactory
-from tests.integration.http import computations, get
-from tests.processes import Process
+from tests.harness import load
+from tests.harness.http import computations, get
+from tests.harness.processes import Process, ProcessFactory
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +94,7 @@ def test_a_cpu_bound_model_does_not_hold_up_hits(start: ProcessFactory) -> None:
     api = start(
         "api",
         API_WORKERS="1",  # the computations and the hits share one event loop
-        MODEL="tests.fault_models:CpuHeavyModel",
+        MODEL="tests.harness.fault_models:CpuHeavyModel",
         PAIRS=",".join(pairs),
         **{**STEADY, "SIMULATED_MODEL_LATENCY_SECONDS": "0"},
     )

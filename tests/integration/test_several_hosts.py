@@ -1,5 +1,5 @@
 """Several hosts, and partitions: Redis, two workers, two API servers and beat, each on
-a host of its own (a Linux network namespace, tests/netns.py), all real processes.
+a host of its own (a Linux network namespace, tests/harness/netns.py), all real processes.
 
 Shown: the two workers share the refreshes; cutting one worker's link changes nothing
 a client sees; cutting one API from Redis (silently: its packets vanish) makes that
@@ -14,6 +14,7 @@ REQUIRE_NETNS_TEST=1 (as CI sets) turns the skip into a failure.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -31,14 +32,13 @@ import urllib3
 from predictions.keys import prediction_key
 from predictions.prediction import parse_time
 from scripts.embedded_redis import server_args
-from tests.integration.conftest import TEST_PAIRS, TEST_VERSION
-from tests.integration.http import computations
-from tests.netns import Network, enter_namespace, netns_unavailable
-from tests.processes import BIN, Process, wait_for
+from tests.harness.http import computations
+from tests.harness.netns import Network, enter_namespace, netns_unavailable
+from tests.harness.processes import BIN, Process, wait_for
+from tests.harness.system import PAIRS, TEST_VERSION
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-PAIRS = TEST_PAIRS.split(",")
 T = TypeVar("T")
 ANSWER_WITHIN = 2.0
 API_PORT = 8000
@@ -86,7 +86,7 @@ class Hosts:
         for name in ("api1", "api2"):
             bind = f"{self.net.hosts[name]}:{API_PORT}"
             self._run(name, [str(BIN / "gunicorn"), "api.wsgi:app"], API_BIND=bind)
-            wait_for(lambda api=name: self.healthy(api), 30, what=f"{name} up")
+            wait_for(functools.partial(self.healthy, name), 30, what=f"{name} up")
         return self
 
     def _run(self, host: str, argv: list[str], **env: str) -> None:

@@ -9,24 +9,16 @@ import orjson
 import pytest
 
 from predictions.keys import active_version_key, prediction_key
-from tests.integration.conftest import (
-    TEST_GRACE,
-    TEST_PAIRS,
-    TEST_REFRESH,
-    TEST_TTL,
-    TEST_VERSION,
-    ProcessFactory,
-)
-from tests.integration.http import computations, get
-from tests.processes import RedisServer, wait_for
+from tests.harness.http import computations, get
+from tests.harness.processes import ProcessFactory, RedisServer, wait_for
+from tests.harness.store import cached
+from tests.harness.system import PAIRS, TEST_GRACE, TEST_REFRESH, TEST_TTL, TEST_VERSION
 
 pytestmark = pytest.mark.integration
 
-PAIRS = TEST_PAIRS.split(",")
-
 
 def all_cached(redis_server: RedisServer) -> bool:
-    return all(redis_server.client().exists(prediction_key(pair, TEST_VERSION)) for pair in PAIRS)
+    return cached(redis_server.client())
 
 
 def test_beat_and_worker_fill_every_pair_before_any_request(

@@ -13,10 +13,11 @@ import redis
 from predictions import write_feed
 from predictions.keys import active_version_key, flip_pending_key
 from predictions.near_cache import NearCache
+from predictions.prediction import Prediction
 from predictions.store import PredictionStore
 from predictions.write_feed import WriteFollower
-from tests.processes import RedisServer, wait_for
-from tests.support import make_prediction
+from tests.harness.doubles import make_prediction
+from tests.harness.processes import RedisServer, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ def followed(client: redis.Redis) -> Iterator[tuple[NearCache, WriteFollower]]:
     follower.stop()
 
 
-def fresh(**changes: object) -> object:
+def fresh(**changes: object) -> Prediction:
     now = time.time()
     return make_prediction(computed_at=round(now, 3), fresh_until=round(now + 60, 3), **changes)
 
@@ -52,8 +53,8 @@ def test_a_write_updates_a_held_copy_which_then_outlives_max_age(
     store = PredictionStore(client, grace_seconds=10)
     first = fresh()
     near.observe("m-1", False)
-    near.put(first)  # type: ignore[arg-type]
-    newer = dataclasses.replace(first, computed_at=first.computed_at + 1)  # type: ignore[type-var]
+    near.put(first)
+    newer = dataclasses.replace(first, computed_at=first.computed_at + 1)
     assert store.write(newer, time.time())
     wait_for(lambda: near.last_known("ETH-EUR") == newer, 2, what="the write delivered")
     time.sleep(0.6)  # past max_age: served because the stream keeps confirming it
@@ -66,8 +67,8 @@ def test_a_pending_flip_and_a_delete_stop_serving_at_once(
     near, _ = followed
     store = PredictionStore(client, grace_seconds=10)
     prediction = fresh()
-    near.put(prediction)  # type: ignore[arg-type]
-    newer = dataclasses.replace(prediction, computed_at=prediction.computed_at + 1)  # type: ignore[type-var]
+    near.put(prediction)
+    newer = dataclasses.replace(prediction, computed_at=prediction.computed_at + 1)
     store.write(newer, time.time())
     wait_for(lambda: near.last_known("ETH-EUR") == newer, 2, what="the write delivered")
     time.sleep(0.3)
@@ -90,10 +91,10 @@ def test_keys_flushed_by_hand_are_noticed_by_the_recheck(
     near, _ = followed
     store = PredictionStore(client, grace_seconds=10)
     prediction = fresh()
-    near.put(prediction)  # type: ignore[arg-type]
+    near.put(prediction)
     store.write(
         dataclasses.replace(prediction, computed_at=prediction.computed_at + 1), time.time()
-    )  # type: ignore[type-var]
+    )
     wait_for(lambda: near.get("ETH-EUR") is not None, 1)
     client.flushall()  # no message: the active version is simply gone
     time.sleep(0.3)  # past the copy's own max_age

@@ -12,7 +12,7 @@ from predictions.market_data import SyntheticMarketData
 from predictions.predictor import Predictor
 from predictions.settings import Settings
 from predictions.store import PredictionStore
-from tests.support import CountingModel
+from tests.harness.doubles import CountingModel
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The layering the project promises: api/ and worker/ share predictions/ only."""
+"""The layering the project promises: api/ and worker/ share predictions/ only; the
+test harness (tests/harness/) is imported by tests and benchmarks, never the reverse."""
 
 from __future__ import annotations
 
@@ -12,15 +13,41 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _imported_modules(package: str) -> set[str]:
+# Our own top-level modules: anything else a module imports is the standard library or
+# a third-party package.
+FIRST_PARTY = frozenset({"predictions", "api", "worker", "beat_schedule", "examples", "scripts",
+                         "tests", "conftest"})  # fmt: skip
+# Product scripts the harness may use: each imports nothing of ours (checked below), so
+# the harness cannot reach back into the tests through them.
+HARNESS_SCRIPTS = frozenset({"scripts.embedded_redis"})
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, dotted; ``from a import b`` gives a and a.b (b may be
+    a module). Relative imports are refused: they would hide what is imported."""
     names: set[str] = set()
-    for path in (ROOT / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module.split(".")[0])
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and node.module, f"{path}: relative import"
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+def _imported_modules(package: str) -> set[str]:
+    return {
+        name.split(".")[0] for path in (ROOT / package).rglob("*.py") for name in _imports(path)
+    }
+
+
+def _first_party(path: Path) -> set[str]:
+    return {name for name in _imports(path) if name.split(".")[0] in FIRST_PARTY}
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
 
 
 @pytest.mark.parametrize(
@@ -48,3 +75,39 @@ def test_serving_the_api_never_loads_celery() -> None:
         env={"PATH": "", "SIMULATED_MODEL_LATENCY_SECONDS": "0"},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_harness_imports_only_the_core_and_leaf_scripts() -> None:
+    # Nothing in tests/harness/ imports a test module, a conftest, api/ or worker/.
+    for path in sorted((ROOT / "tests" / "harness").rglob("*.py")):
+        for name in _first_party(path):
+            allowed = (
+                _within(name, "tests.harness")
+                or _within(name, "predictions")
+                or any(_within(name, script) for script in HARNESS_SCRIPTS)
+                or name == "tests"  # `from tests.harness import x` names the package too
+            )
+            assert allowed, f"{path.relative_to(ROOT)} imports {name}"
+
+
+@pytest.mark.parametrize("script", sorted(HARNESS_SCRIPTS))
+def test_scripts_the_harness_uses_are_leaves(script: str) -> None:
+    path = ROOT / (script.replace(".", "/") + ".py")
+    assert _first_party(path) == set(), f"{script} imports {_first_party(path)}"
+
+
+def test_benchmarks_use_the_harness_and_no_other_test_module() -> None:
+    for path in sorted((ROOT / "scripts" / "bench").rglob("*.py")):
+        tests = {n for n in _first_party(path) if _within(n, "tests") or _within(n, "conftest")}
+        stray = {n for n in tests if n != "tests" and not _within(n, "tests.harness")}
+        assert not stray, f"{path.relative_to(ROOT)} imports {sorted(stray)}"
+
+
+@pytest.mark.parametrize("package", ["predictions", "api", "worker", "examples", "scripts"])
+def test_the_product_never_imports_the_tests(package: str) -> None:
+    # scripts/bench/ is the one exception: a benchmark starts servers with the harness.
+    for path in sorted((ROOT / package).rglob("*.py")):
+        if path.is_relative_to(ROOT / "scripts" / "bench"):
+            continue
+        tests = {n for n in _first_party(path) if _within(n, "tests") or _within(n, "conftest")}
+        assert not tests, f"{path.relative_to(ROOT)} imports {sorted(tests)}"
