@@ -86,6 +86,9 @@ def test_metrics_add_up_over_processes_and_logs_are_json_lines(start: ProcessFac
     assert len(predict) >= sent
     assert {"pair", "outcome", "duration_ms", "status", "age_seconds", "time"} <= set(predict[-1])
     assert predict[-1]["outcome"] == "hit" and predict[-1]["pair"] in PAIRS
+    # And only ours: gunicorn's own access line (on with logconfig_dict, unless
+    # gunicorn.conf.py's ServerLog keeps it off) would log every request twice.
+    assert not [line for line in log_records(api) if line.get("logger") == "gunicorn.access"]
     refreshes = [line for line in log_records(worker) if "written" in line]
     assert refreshes and {"pairs", "failed", "skipped", "duration_ms"} <= set(refreshes[-1])
 
