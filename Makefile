@@ -153,7 +153,7 @@ lint: dev typecheck ## ruff check, ruff format --check and mypy (what CI and pre
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: dev ## mypy, strict, on the packages, examples and scripts (pyproject.toml)
+typecheck: dev ## mypy, strict, on the packages, examples, scripts and tests (pyproject.toml)
 	$(BIN)/mypy
 
 format: dev ## Apply ruff's fixes and formatting

@@ -7,6 +7,7 @@ API_HEADER_TIMEOUT_SECONDS); `--bind` and other command-line flags still overrid
 import gc
 import os
 import resource
+from collections.abc import Callable
 
 from predictions.multiprocess import use_multiprocess_dir
 
@@ -83,20 +84,24 @@ logger_class = ServerLog
 control_socket_disable = True
 
 
-# Set in each worker: whether it runs gevent's loop (the shipped worker_class).
-_yield_between_requests = False
+# Set in each worker that runs gevent's loop (the shipped worker_class): how a
+# connection yields between its requests (see post_request).
+_yield: Callable[[float], None] | None = None
 
 
 def post_worker_init(worker: object) -> None:
     """The app is loaded: what it holds lives as long as the process, so the garbage
     collector need not walk it again. Without this, each full collection walks every
     object of Flask, gevent and redis-py, a pause of milliseconds while hits wait."""
-    global _yield_between_requests
+    global _yield
     gc.collect()
     gc.freeze()
     from gunicorn.workers.ggevent import GeventWorker
 
-    _yield_between_requests = isinstance(worker, GeventWorker)
+    if isinstance(worker, GeventWorker):
+        import gevent
+
+        _yield = gevent.sleep
 
 
 def post_request(worker: object, req: object, environ: object, resp: object) -> None:
@@ -109,10 +114,8 @@ def post_request(worker: object, req: object, environ: object, resp: object) -> 
     waited hundreds. A timer (not sleep(0)) resumes it only after the loop has polled
     for I/O, so every ready connection is served once in between.
     """
-    if _yield_between_requests:
-        import gevent
-
-        gevent.sleep(0.000_001)
+    if _yield is not None:
+        _yield(0.000_001)
 
 
 def child_exit(server: object, worker: object) -> None:
