@@ -205,14 +205,15 @@ def probing(
         sys.executable, "-m", "tests.harness.load", "probe", "--port", str(port),
         "--path", path, "--seconds", str(seconds), "--interval", "0.005",
     ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE)
-    try:
-        yield found
-        out, _ = process.communicate(timeout=seconds + 30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
+    # Popen's own context closes the pipe and waits, also when the block raises: an
+    # unclosed pipe would fail a later test with a ResourceWarning.
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE) as process:
+        try:
+            yield found
+            out, _ = process.communicate(timeout=seconds + 30)
+        finally:
+            if process.poll() is None:
+                process.kill()
     found.update(json.loads(out))
 
 
