@@ -19,17 +19,17 @@ ENV PATH=/app/.venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 
 # The dependency layer, rebuilt only when Makefile, pyproject.toml, README.md or the lock change.
-# An editable install needs its packages to exist, so empty stand-ins take their place
-# here; the install finds each package by its path (/app/<package>), so the real code
-# copied below replaces the stand-ins without a reinstall. Keep the stand-ins in step with
-# [tool.setuptools] in pyproject.toml (tests/deployment/test_deployment.py checks it).
+# The distribution installs one package, predictions (api/, worker/ and the rest run from
+# /app, the working directory). An editable install needs it to exist, so an empty
+# stand-in takes its place here; the install finds it by its path (/app/predictions), so
+# the real code copied below replaces it without a reinstall.
 COPY Makefile pyproject.toml README.md ./
 # The exact versions, with hashes: the image installs what CI tested.
 COPY requirements/service.lock requirements/
-RUN mkdir predictions api worker \
-    && touch predictions/__init__.py api/__init__.py worker/__init__.py beat_schedule.py \
+RUN mkdir predictions \
+    && touch predictions/__init__.py \
     && PIP_NO_CACHE_DIR=1 make install \
-    && rm -rf predictions api worker beat_schedule.py prediction_cache.egg-info
+    && rm -rf predictions prediction_cache.egg-info
 
 # The code, owned by root and only readable by the app user, which cannot change it.
 COPY predictions/ predictions/

@@ -149,9 +149,10 @@ lock: dev ## Refresh requirements/*.lock from pyproject.toml's ranges (uv pip co
 	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --universal --generate-hashes --upgrade --no-header -q -o $(SERVICE_LOCK)
 	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --extra dev --extra bench --universal --generate-hashes --upgrade --no-header -q -o $(DEV_LOCK)
 
-lint: dev typecheck ## ruff check, ruff format --check and mypy (what CI and pre-commit run)
+lint: dev typecheck ## ruff check, ruff format --check, mypy and the import contracts (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: dev ## mypy, strict, on the packages, examples, scripts and tests (pyproject.toml)
 	$(BIN)/mypy
@@ -161,5 +162,5 @@ format: dev ## Apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 clean: ## Remove .venv, .run and caches
-	rm -rf $(VENV) .run .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache .mypy_cache .hypothesis .import_linter_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

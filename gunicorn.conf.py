@@ -9,7 +9,7 @@ import os
 import resource
 from collections.abc import Callable
 
-from predictions.multiprocess import use_multiprocess_dir
+from predictions.infra import use_multiprocess_dir
 
 # Every worker process writes its metrics here, and /metrics adds them up. Set before
 # anything imports prometheus_client (the workers import the app after the fork).
@@ -17,7 +17,7 @@ use_multiprocess_dir("api")
 
 from gunicorn.glogging import Logger  # noqa: E402
 
-from predictions.logs import gunicorn_logconfig  # noqa: E402
+from predictions.infra import gunicorn_logconfig  # noqa: E402
 from predictions.settings import Settings  # noqa: E402
 
 _settings = Settings.from_env()
@@ -120,6 +120,6 @@ def post_request(worker: object, req: object, environ: object, resp: object) -> 
 
 def child_exit(server: object, worker: object) -> None:
     """A worker died or was recycled: drop its live gauges (its counters still count)."""
-    from predictions.metrics import mark_process_dead
+    from predictions.infra import metrics
 
-    mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+    metrics.mark_process_dead(worker.pid)  # type: ignore[attr-defined]

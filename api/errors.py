@@ -25,7 +25,7 @@ from werkzeug.exceptions import (
 from werkzeug.wrappers import Response
 
 from predictions.cache import Unavailable as PredictionUnavailable
-from predictions.redact import redact
+from predictions.infra import redact
 
 log = logging.getLogger(__name__)
 

@@ -3,11 +3,12 @@
 A hit is the product: it must cost no more than the cheapest Flask view. Werkzeug's
 request and response objects, routing and hooks cost more than the rest of the hit, so
 a fresh near copy of a configured pair, asked for by its canonical name with a plain GET
-(no query string, no validator), is answered here, in a few lines of WSGI. Its headers
-change at most once a second per prediction, so they are prepared once per second and
-reused. Everything else (misses, stale answers, 304s, other spellings of a pair, every
-other route) goes to the Flask app unchanged, which owns routing and errors. Both paths
-answer with the same headers and body, and record the same metrics and access-log line.
+(no query string, no validator), is answered here, in a few lines of WSGI, with the
+answer the Flask view would give (api/answer.py). Its headers change at most once a
+second per prediction, so they are prepared once per second and reused. Everything else
+(misses, stale answers, 304s, other spellings of a pair, every other route) goes to the
+Flask app unchanged, which owns routing and errors. Both record the same metrics and
+access-log line.
 """
 
 from __future__ import annotations
@@ -17,19 +18,17 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from api import observe
-from api.http_caching import caching_headers
+from api.answer import Answer, prediction_answer, server_timing
 from predictions.cache import Outcome
-from predictions.prediction import Prediction
+from predictions.model import Prediction
 
 PREFIX = "/predict/"
-# Pairs whose prepared headers are kept (see _prepare).
+# Pairs whose prepared answers are kept (see _prepare).
 PREPARED_PAIRS = 256
-_HIT = Outcome.HIT.value
-_OUTCOME = "hit"
 
 StartResponse = Callable[..., Any]
-# (prediction, the whole seconds its headers were made for, headers, body)
-_Prepared = tuple[Prediction, tuple[int, int], list[tuple[str, str]], bytes]
+# (prediction, the whole seconds its headers were made for, its answer)
+_Prepared = tuple[Prediction, tuple[int, int], Answer]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
@@ -66,31 +65,25 @@ class HotPath:
         prediction: Prediction,
         started: float,
     ) -> list[bytes]:
-        now = self.cache.clock()
-        _, _, headers, body = self._prepare(prediction, now)
+        now = self.cache.clock.now()
+        answer = self._prepare(prediction, now)
         environ[observe.AGE] = round(now - prediction.computed_at, 3)
         elapsed = time.perf_counter() - started
-        start_response("200 OK", [*headers, ("Server-Timing", f"cache;dur={elapsed * 1000:.3f}")])
-        observe.record(environ, 200, elapsed, True, _OUTCOME, prediction.pair)
-        return [body]
+        start_response("200 OK", [*answer.headers, server_timing(elapsed)])
+        observe.record(environ, 200, elapsed, True, Outcome.HIT, prediction.pair)
+        return [answer.body]
 
-    def _prepare(self, prediction: Prediction, now: float) -> _Prepared:
+    def _prepare(self, prediction: Prediction, now: float) -> Answer:
         # Whole seconds of age and of freshness left: every caching header is a
-        # function of these (and of the prediction), so they key the prepared list.
+        # function of these (and of the prediction), so they key the prepared answer.
         second = (int(now), int(prediction.fresh_until - now))
         prepared = self._prepared.get(prediction.pair)
         if prepared is not None and prepared[0] is prediction and prepared[1] == second:
-            return prepared
-        body = prediction.to_json()
-        headers = [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-            *caching_headers(prediction, now, self.grace, stale=False).items(),
-            ("X-Cache", _HIT),
-        ]
+            return prepared[2]
+        answer = prediction_answer(prediction, Outcome.HIT, now, self.grace)
         if len(self._prepared) >= PREPARED_PAIRS:
             # Reuse pays only for pairs asked many times a second; with thousands of
             # pairs asked in turn, keeping them all would cost kilobytes each for nothing.
             self._prepared.clear()
-        prepared = self._prepared[prediction.pair] = (prediction, second, headers, body)
-        return prepared
+        self._prepared[prediction.pair] = (prediction, second, answer)
+        return answer

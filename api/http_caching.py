@@ -30,7 +30,7 @@ from email.utils import formatdate
 
 from werkzeug.http import parse_etags, unquote_etag
 
-from predictions.prediction import Prediction
+from predictions.model import Prediction
 
 # How long a cache may reuse a stale answer before asking again: the API sees at most
 # one request per pair and cache each second while a pair is stale, and a client sees

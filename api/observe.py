@@ -15,7 +15,8 @@ from typing import Any
 from flask import Flask, Response, request
 
 from api import access_log
-from predictions import metrics
+from predictions.cache import Outcome
+from predictions.infra import metrics
 
 # What the views leave in request.environ for the hook.
 PREDICT = "prediction_cache.predict"  # set by GET /predict/<pair> before anything else
@@ -25,8 +26,8 @@ AGE = "prediction_cache.age_seconds"
 _STARTED = "prediction_cache.started"
 
 
-_REQUESTS = {outcome: metrics.REQUESTS.labels(outcome) for outcome in metrics.OUTCOMES}
-_SECONDS = {outcome: metrics.REQUEST_SECONDS.labels(outcome) for outcome in metrics.OUTCOMES}
+_REQUESTS = {outcome: metrics.REQUESTS.labels(outcome.value) for outcome in Outcome}
+_SECONDS = {outcome: metrics.REQUEST_SECONDS.labels(outcome.value) for outcome in Outcome}
 
 
 def observe_requests(app: Flask) -> None:
@@ -44,7 +45,7 @@ def _observe(response: Response) -> Response:
     status = response.status_code
     outcome = environ.get(OUTCOME)
     if PREDICT in environ and outcome is None:  # no prediction was served
-        outcome = "miss_failed" if status >= 500 else "rejected"
+        outcome = Outcome.MISS_FAILED if status >= 500 else Outcome.REJECTED
     record(environ, status, seconds, PREDICT in environ, outcome, environ.get(PAIR))
     return response
 
@@ -54,7 +55,7 @@ def record(
     status: int,
     seconds: float,
     predict: bool,
-    outcome: str | None,
+    outcome: Outcome | None,
     pair: str | None,
 ) -> None:
     """One answer's metrics and access-log line (the Flask hook and the hot path)."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from predictions.keys import PAIR_PATTERN
-from predictions.prediction import FIELDS
+from predictions.infra import PAIR_PATTERN
+from predictions.model import PREDICTION_FIELDS
 
 MAX_BATCH = 100
 # 1 to MAX_BATCH comma-separated items, the first with a letter or digit.
@@ -157,7 +157,7 @@ _SCHEMAS: dict[str, Any] = {
     "Prediction": {
         "type": "object",
         # Every stored field; "stale" is added only to a stale answer.
-        "required": sorted(FIELDS),
+        "required": sorted(PREDICTION_FIELDS),
         "properties": {
             "pair": {"type": "string", "pattern": PAIR_PATTERN},
             "predicted_price": {"type": "number", "exclusiveMinimum": 0},

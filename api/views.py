@@ -11,11 +11,11 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from api import observe
+from api.answer import prediction_answer, server_timing
 from api.errors import BadPairRequest, PairNotFound, RetryLater, error_code
-from api.http_caching import caching_headers, matches
 from api.openapi import BATCH_PATTERN, MAX_BATCH, openapi_document
-from predictions import heartbeat, keys, metrics
 from predictions.cache import Outcome, PredictionCache
+from predictions.infra import InvalidPair, canonical_pair, metrics, read_beat_tick
 from predictions.settings import Settings
 
 bp = Blueprint("predictions", __name__)
@@ -44,8 +44,8 @@ def configured_pair(text: str, configured: frozenset[str]) -> str:
     if text in configured:  # the common case: already canonical
         return text
     try:
-        pair = keys.canonical_pair(text)
-    except keys.InvalidPair as exc:
+        pair = canonical_pair(text)
+    except InvalidPair as exc:
         raise BadPairRequest(str(exc)) from None
     if pair not in configured:
         raise PairNotFound(f"{pair} is not one of the configured pairs (see /pairs)")
@@ -60,27 +60,19 @@ def predict(pair: str) -> Response:
     state = _state()
     lookup = state.cache.get(configured_pair(pair, state.pairs))
     prediction = lookup.prediction
-    now = state.cache.clock()
-    stale = lookup.outcome is Outcome.STALE
-    headers = caching_headers(prediction, now, state.settings.stale_grace_seconds, stale)
-    headers["X-Cache"] = lookup.outcome.value
+    now = state.cache.clock.now()
     environ[observe.PAIR] = prediction.pair
-    environ[observe.OUTCOME] = lookup.metric_outcome
+    environ[observe.OUTCOME] = lookup.outcome
     environ[observe.AGE] = round(now - prediction.computed_at, 3)
-    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
-    if if_none_match and matches(if_none_match, headers["ETag"]):
-        # The headers a 200 would carry now (Werkzeug leaves out Last-Modified, as RFC
-        # 9110 advises for a 304 with an ETag): a cache updates its copy with them.
-        response = Response(status=304, headers=headers)
-    elif stale:
-        body = orjson.dumps(prediction.to_dict() | {"stale": True})
-        response = Response(body, mimetype="application/json", headers=headers)
-    else:
-        response = Response(prediction.to_json(), mimetype="application/json", headers=headers)
-    # The time spent in the API on this answer, apart from HTTP and the network, which
-    # a client's clock includes (W3C Server Timing).
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    response.headers["Server-Timing"] = f"cache;dur={elapsed_ms:.3f}"
+    answer = prediction_answer(
+        prediction,
+        lookup.outcome,
+        now,
+        state.settings.stale_grace_seconds,
+        environ.get("HTTP_IF_NONE_MATCH"),
+    )
+    response = Response(answer.body, answer.status, answer.headers)
+    response.headers.set(*server_timing(time.perf_counter() - started))
     return response
 
 
@@ -134,7 +126,7 @@ def _item_error(error: HTTPException) -> dict[str, object]:
 @bp.get("/pairs")
 def pairs() -> Response:
     state = _state()
-    now = state.cache.clock()
+    now = state.cache.clock.now()
     found = state.cache.store.read_many(state.settings.pairs)
     items = []
     for pair, prediction in found.predictions.items():
@@ -160,9 +152,11 @@ def prometheus_metrics() -> Response:
     def read_freshness() -> tuple[dict[str, float | None], float | None]:
         found = store.read_many(state.settings.pairs).predictions
         computed = {pair: p.computed_at if p else None for pair, p in found.items()}
-        return computed, heartbeat.read_beat_tick(store.redis)
+        return computed, read_beat_tick(store.redis)
 
-    collector = metrics.FreshnessCollector(read_freshness, state.cache.clock, state.settings.pairs)
+    collector = metrics.FreshnessCollector(
+        read_freshness, state.cache.clock.now, state.settings.pairs
+    )
     # content_type, not mimetype: Werkzeug would append a second charset to text/plain.
     return Response(metrics.exposition(collector), content_type=metrics.CONTENT_TYPE)
 

@@ -1,7 +1,7 @@
 """gunicorn api.wsgi:app"""
 
 from api import create_app
-from predictions.logs import configure_logging
+from predictions.infra import configure_logging
 from predictions.settings import Settings
 
 settings = Settings.from_env()

@@ -38,7 +38,7 @@ import logging
 import math
 from collections.abc import Mapping
 
-from predictions.market_data import PriceWindow
+from predictions.model.market_data import PriceWindow
 
 log = logging.getLogger(__name__)
 

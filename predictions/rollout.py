@@ -29,24 +29,25 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from predictions import write_feed
-from predictions.clock import process_clock
-from predictions.keys import (
+from predictions.cache import FEED_CHANNEL, PredictionStore, state_message
+from predictions.infra import check_version, configure_logging, redact
+from predictions.infra.keys import (
     active_version_key,
-    check_version,
     flip_pending_key,
     model_import_key,
     previous_version_key,
 )
-from predictions.logs import configure_logging
-from predictions.model import LoadedModel, ModelLoadError, load_model
-from predictions.prediction import Prediction
-from predictions.predictor import Predictor
-from predictions.redact import redact
-from predictions.redis_client import make_redis
+from predictions.model import (
+    LoadedModel,
+    ModelLoadError,
+    Prediction,
+    Predictor,
+    load_model,
+    read_active,
+    register,
+)
 from predictions.settings import Settings
-from predictions.store import PredictionStore
-from predictions.versions import read_active, register
+from predictions.wiring import Wiring, wire
 
 Say = Callable[[str], object]
 
@@ -61,13 +62,13 @@ def flip_wait_seconds(settings: Settings) -> float:
 
 
 def rollout(
-    settings: Settings,
-    client: redis.Redis,
+    wiring: Wiring,
     import_string: str,
     say: Say = print,
     sleep: Callable[[float], None] = time.sleep,
 ) -> str:
     """Make the model ``import_string`` builds the active version; return its version."""
+    settings, client = wiring.settings, wiring.redis
     try:
         model = load_model(import_string)
         check_version(model.version)
@@ -80,9 +81,7 @@ def rollout(
     register(client, model, import_string)
     say(f"rolling out {model.version} ({import_string}); active now: {active or 'none'}")
 
-    clock = process_clock(client)  # instants by Redis's clock, as every process's are
-    predictor = Predictor.from_settings(settings, clock=clock)
-    store = PredictionStore(client, grace_seconds=settings.stale_grace_seconds, clock=clock)
+    predictor, store, clock = wiring.predictor, wiring.store, wiring.clock
     wait = flip_wait_seconds(settings)
     pairs = list(settings.pairs)
     predictions = _precompute(predictor, store, model, pairs)
@@ -91,11 +90,11 @@ def rollout(
     with client.pipeline(transaction=True) as pipe:
         pipe.set(flip_pending_key(), model.version, px=int((wait + 60) * 1000))
         # API processes following the write feed stop serving near copies on this.
-        pipe.publish(write_feed.CHANNEL, write_feed.state_message(active, True))
+        pipe.publish(FEED_CHANNEL, state_message(active, True))
         pipe.execute()
     sleep(wait)
     # Anything that would go stale before the flip lands is computed again first.
-    soon = clock() + 1.0
+    soon = clock.now() + 1.0
     due = [p.pair for p in predictions if p.fresh_until <= soon]
     if due:
         _precompute(predictor, store, model, due)
@@ -104,8 +103,9 @@ def rollout(
     return model.version
 
 
-def rollback(settings: Settings, client: redis.Redis, say: Say = print) -> str:
+def rollback(wiring: Wiring, say: Say = print) -> str:
     """Roll out the version that was active before the last flip."""
+    client = wiring.redis
     raw = client.get(previous_version_key())
     if raw is None:
         raise RolloutFailed("no previous version to roll back to")
@@ -115,7 +115,7 @@ def rollback(settings: Settings, client: redis.Redis, say: Say = print) -> str:
         raise RolloutFailed(f"no import string recorded for version {previous!r}")
     text = import_string.decode() if isinstance(import_string, bytes) else str(import_string)
     say(f"rolling back to {previous}")
-    return rollout(settings, client, text, say)
+    return rollout(wiring, text, say)
 
 
 def _precompute(
@@ -125,7 +125,7 @@ def _precompute(
     if failures:
         first = "; ".join(f"{pair}: {why}" for pair, why in list(failures.items())[:3])
         raise RolloutFailed(f"{len(failures)} of {len(pairs)} pairs failed ({first})")
-    store.write_many(predictions, store.clock())
+    store.write_many(predictions, store.clock.now())
     # Stored, or a newer one already is (a refresh of the same version): check both.
     missing = [p for p in pairs if store.read_version(p, model.version) is None]
     if missing:
@@ -145,7 +145,7 @@ def _flip(client: redis.Redis, expected_active: str | None, version: str) -> Non
                 pipe.set(previous_version_key(), expected_active)
             pipe.set(active_version_key(), version)
             pipe.delete(flip_pending_key())
-            pipe.publish(write_feed.CHANNEL, write_feed.state_message(version, False))
+            pipe.publish(FEED_CHANNEL, state_message(version, False))
             pipe.execute()
         except redis.WatchError:
             raise RolloutFailed("another rollout changed the active version meanwhile") from None
@@ -163,12 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging("WARNING", settings.log_format)
-    client = make_redis(settings, client_name="prediction-cache-rollout")
     try:
+        wiring = wire(settings, role="rollout")
         if args.rollback:
-            rollback(settings, client)
+            rollback(wiring)
         else:
-            rollout(settings, client, args.model)
+            rollout(wiring, args.model)
     except RolloutFailed as exc:
         print(f"rollout failed, nothing flipped: {exc}", file=sys.stderr)
         return 1

@@ -16,11 +16,12 @@ import math
 import os
 import re
 import urllib.parse
+import warnings
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from predictions.keys import InvalidPair, canonical_pair
-from predictions.redact import redact
+from predictions.infra.keys import InvalidPair, canonical_pair
+from predictions.infra.redaction import redact
 
 N = TypeVar("N", int, float)
 T = TypeVar("T")
@@ -35,6 +36,12 @@ BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel", "amqp", "amqps"
 # "synthetic" (offline, the default), or "ccxt:<exchange id>" such as ccxt:kraken (live
 # 1-minute candles; needs the `live` extra).
 MARKET_DATA_PATTERN = re.compile(r"synthetic|ccxt:[a-z0-9_]{2,40}")
+
+
+# Settings renamed, new name -> old name: the old one is still read, with a warning,
+# until the release named here (the same one that drops the deprecated task name).
+RENAMED = {"EARLY_REVALIDATION_BETA": "EARLY_REFRESH_BETA"}
+RENAMED_UNTIL = "0.3.0"
 
 
 class SettingsError(ValueError):
@@ -249,7 +256,7 @@ class Settings:
         60.0,
         _positive_float,
         "how long a prediction is fresh. The model reads 1-minute prices, so its answer "
-        "cannot change more often than once a minute; the seed's 5 s only made requests "
+        "cannot change more often than once a minute; a shorter TTL only makes requests "
         "wait for the model more often",
     )
     refresh_interval_seconds: float = setting(
@@ -322,13 +329,14 @@ class Settings:
         "marked stale, while it is recomputed or while that fails; stale answers' "
         "`Cache-Control` lets caches serve them for what is left of it",
     )
-    # A read at t seconds before a prediction's freshness ends refreshes it early with
-    # probability exp(-t / (compute_seconds * beta)).
-    early_refresh_beta: float = setting(
+    # A read at t seconds before a prediction's freshness ends revalidates it early
+    # with probability exp(-t / (compute_seconds * beta)).
+    early_revalidation_beta: float = setting(
         1.0,
         _bounded(float, "a number >= 0", lambda value: value >= 0),
-        "XFetch's beta: larger refreshes hot pairs earlier before they go stale; `0` "
-        "turns early refresh off",
+        "XFetch's beta: an API process revalidates a hot pair in the background before it "
+        "goes stale, the earlier the larger; `0` turns early revalidation off "
+        "(`EARLY_REFRESH_BETA`, its former name, is read too, with a warning, until 0.3.0)",
     )
     failed_compute_backoff_seconds: float = setting(
         1.0,
@@ -459,6 +467,14 @@ class Settings:
         for field in dataclasses.fields(cls):
             name = field.name.upper()
             raw = env.get(name)
+            old = RENAMED.get(name)
+            if old is not None and env.get(old, "").strip() and not (raw or "").strip():
+                warnings.warn(
+                    f"{old} is deprecated: set {name} instead (read until {RENAMED_UNTIL})",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+                raw = env[old]
             if raw is not None and raw.strip() != "":
                 values[field.name] = field.metadata["coerce"](name, raw.strip())
         return cls(**values)  # type: ignore[arg-type]

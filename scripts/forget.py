@@ -11,11 +11,10 @@ import sys
 
 import redis
 
-from predictions.keys import PREDICTION_PREFIX, InvalidPair, canonical_pair, prediction_key
-from predictions.redact import redact
-from predictions.redis_client import make_redis
+from predictions.infra.keys import PREDICTION_PREFIX, InvalidPair, canonical_pair, prediction_key
+from predictions.infra.redaction import redact
 from predictions.settings import Settings
-from predictions.store import PredictionStore
+from predictions.wiring import wire
 
 
 def _version(key: bytes | str, pair: str) -> str:
@@ -33,13 +32,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forget: {exc}", file=sys.stderr)
         return 2
     settings = Settings.from_env()
-    client = make_redis(settings, client_name="forget")
+    wiring = wire(settings, role="forget")
+    client = wiring.redis
     try:
         # Every version's copy: whichever the API serves now, the next request misses.
         keys = list(client.scan_iter(match=prediction_key(pair, "*"), count=1000))
         # Through the store, which tells the API processes following the write feed to
         # drop their near copies too (a bare DEL would leave them serving until fresh_until).
-        store = PredictionStore(client)
+        store = wiring.store
         versions = [_version(key, pair) for key in keys]
         deleted = sum(store.forget(pair, version) for version in versions)
     except redis.RedisError as exc:

@@ -38,7 +38,7 @@ from typing import IO, Any
 import orjson
 import redis
 
-from predictions.redact import redact
+from predictions.infra.redaction import redact
 from predictions.settings import Settings, SettingsError
 from scripts.embedded_redis import free_port, server_args
 

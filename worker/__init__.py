@@ -1,6 +1,6 @@
 """celery -A worker worker / celery -A worker beat"""
 
-from predictions.multiprocess import use_multiprocess_dir
+from predictions.infra import use_multiprocess_dir
 
 use_multiprocess_dir("celery")  # before prometheus_client is imported: see that module
 

@@ -11,7 +11,7 @@ from celery import Celery
 from celery.signals import celeryd_init, setup_logging, worker_process_init
 
 from beat_schedule import build_schedule
-from predictions.logs import configure_logging, configure_root_logging, json_line
+from predictions.infra import configure_logging, configure_root_logging, json_line
 from predictions.model import import_model
 from predictions.settings import Settings
 
@@ -124,6 +124,6 @@ def _use_our_log_format(app: Celery, settings: Settings) -> None:
 
         def say_json(msg: str, f: Any = sys.__stderr__) -> None:
             if f is not None and hasattr(f, "fileno"):
-                write(f.fileno(), (json_line(msg.strip(), "WARNING") + "\n").encode())
+                write(f.fileno(), (json_line("WARNING", "celery", msg.strip()) + "\n").encode())
 
         celery.apps.worker.safe_say = say_json

@@ -12,7 +12,7 @@ from typing import Any
 from celery.signals import worker_ready
 from prometheus_client import start_http_server
 
-from predictions import metrics
+from predictions.infra import metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The refresh logic, free of Celery so that tests can call it directly."""
+"""The refresh: the worker's scheduled recomputation of every pair, free of Celery so
+that tests can call it directly."""
 
 from __future__ import annotations
 
@@ -6,50 +7,16 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import redis
 
-from predictions import metrics
-from predictions.clock import process_clock
-from predictions.keys import InvalidPair, canonical_pair, refresh_slot_key
-from predictions.locks import acquire_many, release_many
-from predictions.model import LoadedModel, ModelLoadError
-from predictions.predictor import Predictor
-from predictions.redis_client import make_redis
-from predictions.settings import Settings
-from predictions.store import PredictionStore
-from predictions.versions import ModelCatalog, read_active
+from predictions.cache import locks
+from predictions.infra import InvalidPair, canonical_pair, keys, metrics
+from predictions.model import LoadedModel, ModelLoadError, read_active
+from predictions.wiring import Wiring
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class RefreshResources:
-    """What a refresh needs: the configured pairs, the predictor (and its models) and
-    the store."""
-
-    pairs: frozenset[str]
-    predictor: Predictor
-    store: PredictionStore
-    # Redis's time, as this process measures it: every instant written comes from it.
-    clock: Callable[[], float] = time.time
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RefreshResources:
-        # The model is built by the catalog, in the background (see served_model).
-        client = make_redis(settings, client_name="prediction-cache-worker")
-        clock = process_clock(client)
-        return cls(
-            pairs=frozenset(settings.pairs),
-            predictor=Predictor.from_settings(settings, clock=clock),
-            store=PredictionStore(client, grace_seconds=settings.stale_grace_seconds, clock=clock),
-            clock=clock,
-        )
-
-    @property
-    def catalog(self) -> ModelCatalog:
-        return self.predictor.models
 
 
 @dataclasses.dataclass
@@ -80,10 +47,10 @@ def claim_refresh_slot(client: redis.Redis, interval_seconds: float, now: float)
     slot = int(now // interval_seconds)
     # Kept for two intervals: long enough to outlive the slot, then gone on its own.
     ttl_ms = max(1, int(2 * interval_seconds * 1000))
-    return bool(client.set(refresh_slot_key(slot), b"1", nx=True, px=ttl_ms))
+    return bool(client.set(keys.refresh_slot_key(slot), b"1", nx=True, px=ttl_ms))
 
 
-def refresh_batch(pairs: Sequence[str], resources: RefreshResources, settings: Settings) -> int:
+def refresh_batch(pairs: Sequence[str], wiring: Wiring) -> int:
     """Compute each pair and store the results, a group at a time; return how many
     were written.
 
@@ -94,9 +61,10 @@ def refresh_batch(pairs: Sequence[str], resources: RefreshResources, settings: S
     configured are ignored.
     """
     started = time.perf_counter()
-    wanted = _configured(pairs, resources.pairs)
+    settings = wiring.settings
+    wanted = _configured(pairs, wiring.pairs)
     try:
-        served = served_model(resources, settings.refresh_interval_seconds)
+        served = served_model(wiring, settings.refresh_interval_seconds)
     except ModelLoadError as exc:
         log.error("refresh failed: cannot build model error=%s", exc)
         metrics.REFRESHES.labels("failed").inc(len(wanted))
@@ -107,18 +75,16 @@ def refresh_batch(pairs: Sequence[str], resources: RefreshResources, settings: S
         return 0
     version, model = served
     plan = lock_plan(
-        resources.predictor.simulated_latency_seconds,
+        wiring.predictor.simulated_latency_seconds,
         settings.compute_timeout_seconds,
         settings.refresh_interval_seconds,
     )
-    tally = refresh_in_groups(wanted, resources, version, model, plan)
+    tally = refresh_in_groups(wanted, wiring, version, model, plan)
     _record(len(pairs), tally, time.perf_counter() - started)
     return tally.written
 
 
-def served_model(
-    resources: RefreshResources, wait_seconds: float
-) -> tuple[str, LoadedModel] | None:
+def served_model(wiring: Wiring, wait_seconds: float) -> tuple[str, LoadedModel] | None:
     """The version the API serves and its model; None while that model is loading.
 
     A rollout moves the version, and refreshes follow. A fresh cache gets this
@@ -126,8 +92,8 @@ def served_model(
     never runs into the task's time limits: until it is there (waiting at most
     ``wait_seconds`` here), batches are skipped. ModelLoadError if it cannot be built.
     """
-    client = resources.store.redis
-    catalog = resources.catalog
+    client = wiring.redis
+    catalog = wiring.predictor.models
     version = read_active(client)
     if version is None and catalog.default_if_ready(wait_seconds):
         version = catalog.activate_default_if_none(client)
@@ -140,25 +106,25 @@ def served_model(
 
 def refresh_in_groups(
     pairs: Sequence[str],
-    resources: RefreshResources,
+    wiring: Wiring,
     version: str,
     model: LoadedModel,
     plan: tuple[int, float],
 ) -> Tally:
     """Lock, compute, store and unlock ``pairs`` a group at a time (see lock_plan)."""
     group_size, lock_seconds = plan
-    client = resources.store.redis
+    client = wiring.redis
     tally = Tally()
     for first in range(0, len(pairs), group_size):
         group = pairs[first : first + group_size]
-        tokens = acquire_many(client, group, version, lock_seconds, resources.clock())
+        tokens = locks.acquire_many(client, group, version, lock_seconds, wiring.clock.now())
         tally.skipped += len(group) - len(tokens)
         try:
-            computed, failures = resources.predictor.compute_many(list(tokens), model)
+            computed, failures = wiring.predictor.compute_many(list(tokens), model)
             tally.failed += len(failures)  # each already logged with its pair
-            tally.written += resources.store.write_many(computed, resources.clock())
+            tally.written += wiring.store.write_many(computed, wiring.clock.now())
         finally:
-            release_many(client, tokens, version)
+            locks.release_many(client, tokens, version)
     return tally
 
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import redis
 from celery.beat import Scheduler
 
-from predictions.clock import process_clock
-from predictions.heartbeat import write_beat_tick
-from predictions.redis_client import make_redis
+from predictions.infra import write_beat_tick
+from predictions.wiring import Wiring, wire
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +36,23 @@ class WarmStartScheduler(Scheduler):  # type: ignore[misc]
     ) -> Any:
         """Send a due entry, stamped with the instant (Redis's clock) it is stale at."""
         interval = self.app.settings.refresh_interval_seconds
-        entry.kwargs = {**(entry.kwargs or {}), "not_after": self.redis_clock()() + interval}
+        entry.kwargs = {**(entry.kwargs or {}), "not_after": self.wiring().clock.now() + interval}
         return super().apply_async(entry, producer, advance, **kwargs)
 
-    def redis_clock(self) -> Callable[[], float]:
-        if not hasattr(self, "_clock"):
-            self._clock = process_clock(self.redis_client())
-        return self._clock
-
-    def redis_client(self) -> redis.Redis:
-        if not hasattr(self, "_redis"):
-            self._redis = make_redis(self.app.settings, client_name="prediction-cache-beat")
-        return self._redis
+    def wiring(self) -> Wiring:
+        """Beat's Redis client and clock, made on first use (after Celery set it up)."""
+        if not hasattr(self, "_wiring"):
+            self._wiring = wire(self.app.settings, role="beat")
+        return self._wiring
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Run due entries, then leave the time of this tick in Redis for /metrics."""
         next_in: float = super().tick(*args, **kwargs)
         settings = self.app.settings
         try:
+            wiring = self.wiring()
             write_beat_tick(
-                self.redis_client(), self.redis_clock()(), 10 * settings.refresh_interval_seconds
+                wiring.redis, wiring.clock.now(), 10 * settings.refresh_interval_seconds
             )
         except redis.RedisError as exc:  # the schedule goes on without its heartbeat
             log.warning("could not record beat's tick: %r", exc)

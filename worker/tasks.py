@@ -10,15 +10,16 @@ from celery import Task, shared_task
 
 from beat_schedule import REFRESH_ALL_TASK, skew_tolerant_expiry
 from predictions.settings import Settings
+from predictions.wiring import Wiring, wire
 from worker import refresh
-from worker.refresh import RefreshResources
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 REFRESH_BATCH_TASK = "predictions.refresh_batch"
 # refresh_batch's name in 0.1.0: a worker of that release, during a rolling upgrade,
-# still fans out to it (and the broker may hold such messages). Remove in the next one.
+# still fans out to it (and the broker may hold such messages). Accepted in 0.2.x,
+# removed in 0.3.0 (docs/operations.md, "Task names and rolling upgrades").
 DEPRECATED_REFRESH_BATCH_TASK = "predictions.refresh_pairs"
 # One batch's retry policy, shared by the task and its deprecated name.
 BATCH_RETRIES = {
@@ -30,30 +31,36 @@ BATCH_RETRIES = {
 
 
 @functools.cache
-def process_resources(settings: Settings) -> RefreshResources:
-    """The model and Redis client, built once per worker process (on its first task,
-    after the fork), and shared by every task that process runs."""
-    return RefreshResources.from_settings(settings)
+def process_wiring(settings: Settings) -> Wiring:
+    """The Redis client, clock, predictor and store, built once per worker process (on
+    its first task, after the fork), and shared by every task that process runs."""
+    return wire(settings, role="worker")
 
 
 class RefreshTask(Task):  # type: ignore[misc]
     @property
-    def resources(self) -> RefreshResources:
-        return process_resources(self.app.settings)
+    def wiring(self) -> Wiring:
+        return process_wiring(self.app.settings)
 
 
 @shared_task(name=REFRESH_ALL_TASK, base=RefreshTask, bind=True)
 def refresh_all(self: RefreshTask, not_after: float | None = None) -> int:
-    """Fan out: one refresh_batch task per batch of configured pairs."""
+    """Fan out: one refresh_batch task per batch of configured pairs, once per interval.
+
+    The refresh slot is what stops a duplicate refresh: the first refresh_all of an
+    interval (by Redis's clock) claims it, and any other (a second beat, a backlog
+    replayed after an outage) does nothing. ``not_after`` and Celery's ``expires``
+    are backstops that drop a message of an interval gone by before it reaches Redis.
+    """
     settings = self.app.settings
     interval = settings.refresh_interval_seconds
-    now = self.resources.clock()  # Redis's time: every worker counts the same slots
+    now = self.wiring.clock.now()  # Redis's time: every worker counts the same slots
     if not_after is not None and now > not_after:
         # Sent by beat for an interval gone by (a backlog after an outage): the next
         # one is due, or already here. Deadlines are by Redis's clock, beat's and ours.
         log.info("refresh dropped: sent for an interval gone by")
         return 0
-    if not refresh.claim_refresh_slot(self.resources.store.redis, interval, now):
+    if not refresh.claim_refresh_slot(self.wiring.redis, interval, now):
         log.warning("refresh skipped: this interval was already refreshed (two beats?)")
         return 0
     chunks = refresh.batches(
@@ -75,10 +82,10 @@ def refresh_all(self: RefreshTask, not_after: float | None = None) -> int:
 @shared_task(name=REFRESH_BATCH_TASK, base=RefreshTask, bind=True, **BATCH_RETRIES)
 def refresh_batch(self: RefreshTask, pairs: list[str], not_after: float | None = None) -> int:
     """Recompute and store the given pairs; returns how many were written."""
-    if not_after is not None and self.resources.clock() > not_after:
+    if not_after is not None and self.wiring.clock.now() > not_after:
         log.info("refresh dropped: sent for an interval gone by pairs=%d", len(pairs))
         return 0
-    return refresh.refresh_batch(pairs, self.resources, self.app.settings)
+    return refresh.refresh_batch(pairs, self.wiring)
 
 
 @shared_task(name=DEPRECATED_REFRESH_BATCH_TASK, base=RefreshTask, bind=True, **BATCH_RETRIES)

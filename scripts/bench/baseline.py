@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from predictions.logs import configure_logging
-from predictions.predictor import Predictor
+from predictions.infra.logs import configure_logging
+from predictions.model.predictor import Predictor
 from predictions.settings import Settings
 
 

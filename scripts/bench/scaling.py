@@ -25,7 +25,7 @@ import redis
 from celery import Celery
 
 from beat_schedule import REFRESH_ALL_TASK
-from predictions.keys import prediction_key
+from predictions.infra.keys import prediction_key
 from predictions.settings import DEFAULT_PAIRS, Settings
 from scripts.bench import probes, wrk
 from scripts.bench.results import BASELINE_PAIRS, OURS, ScalePoint

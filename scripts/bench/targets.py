@@ -21,11 +21,11 @@ from pathlib import Path
 
 import orjson
 import redis
-
 from predictions.keys import prediction_key
+from predictions.store import PredictionStore
+
 from predictions.model import LogLinearTrendModel
 from predictions.settings import Settings
-from predictions.store import PredictionStore
 from scripts.bench.results import FLASK_CACHING, FLOOR, FLOOR_GET, OURS, SEED, TITLES
 from tests.harness.ports import free_port
 from tests.harness.processes import BIN, MARKER, Process, RedisServer, wait_for

@@ -124,11 +124,17 @@ def pyproject() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def project_code(pyproject: dict[str, Any]) -> list[str]:
-    """The packages and modules that the install makes importable, as paths."""
-    setuptools = pyproject["tool"]["setuptools"]
-    found: list[str] = setuptools["packages"]
-    return found + [f"{module}.py" for module in setuptools["py-modules"]]
+def installed_packages(pyproject: dict[str, Any]) -> list[str]:
+    """The top-level packages that the install makes importable (only the core: api/
+    and worker/ run from the working directory)."""
+    include: list[str] = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    return [pattern.rstrip("*") for pattern in include]
+
+
+@pytest.fixture(scope="module")
+def project_code(installed_packages: list[str]) -> list[str]:
+    """What the image must hold to run every process, as paths."""
+    return [*installed_packages, "api", "worker", "beat_schedule.py"]
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +191,7 @@ def test_apt_installs_only_make_and_cleans_up(dockerfile: list[Instruction]) -> 
 
 
 def test_dependency_layer_needs_only_the_build_files(
-    dockerfile: list[Instruction], project_code: list[str]
+    dockerfile: list[Instruction], installed_packages: list[str]
 ) -> None:
     install = make_install_index(dockerfile)
     before = [
@@ -203,9 +209,8 @@ def test_dependency_layer_needs_only_the_build_files(
     ]
     # ...so the editable install gets stand-ins for the packages it must find.
     run = dockerfile[install].value
-    for path in project_code:
-        stand_in = path if path.endswith(".py") else f"{path}/__init__.py"
-        assert stand_in in run, f"no stand-in for {path} before `make install`"
+    for package in installed_packages:
+        assert f"{package}/__init__.py" in run, f"no stand-in for {package} before the install"
 
 
 def test_code_is_copied_after_the_install(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 
-from predictions.market_data import PriceWindow
-from predictions.prediction import Prediction
+from predictions.model.market_data import PriceWindow
+from predictions.model.prediction import Prediction
 
 
 def make_prediction(**changes: object) -> Prediction:
@@ -87,3 +88,31 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
         parameters[name] = found[2].strip('"')
         position = found.end()
     return f"{head[1]}/{head[2]}".lower(), parameters
+
+
+class ManualClock:
+    """A Clock (predictions.infra.Clock) that moves only when told to."""
+
+    def __init__(self, now: float = 1_000.0, monotonic: float = 0.0) -> None:
+        self.instant = now
+        self.seconds = monotonic
+
+    def now(self) -> float:
+        return self.instant
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def advance(self, seconds: float) -> None:
+        self.instant += seconds
+        self.seconds += seconds
+
+
+class HostClock:
+    """A Clock that reads this host's clock: real time, without a Redis to ask."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()

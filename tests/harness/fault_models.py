@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import time
 
-from predictions.market_data import PriceWindow
 from predictions.model import LogLinearTrendModel
+from predictions.model.market_data import PriceWindow
 
 # What a broken model may return instead of a price: each must fail that pair only.
 BAD_PRICES = {"nan": float("nan"), "inf": float("inf"), "negative": -1.0, "zero": 0.0}

@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import urllib3
 
-from predictions.prediction import parse_time
+from predictions.model.prediction import parse_time
 from tests.harness.http import Answer
 from tests.harness.processes import Process, RedisServer
 from tests.harness.store import stored

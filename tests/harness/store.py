@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import redis
 
-from predictions.keys import prediction_key
+from predictions.infra.keys import prediction_key
 from tests.harness.system import PAIRS, TEST_VERSION
 
 

@@ -11,7 +11,7 @@ import pytest
 import redis
 import urllib3
 
-from predictions.keys import prediction_key
+from predictions.infra.keys import prediction_key
 from scripts.embedded_redis import server_args
 from tests.harness.ports import free_port
 from tests.harness.processes import ROOT, Process, ProcessFactory, wait_for

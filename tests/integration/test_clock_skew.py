@@ -18,7 +18,7 @@ import time
 import pytest
 import urllib3
 
-from predictions.prediction import parse_time
+from predictions.model.prediction import parse_time
 from tests.harness.http import computations, get
 from tests.harness.ports import free_port
 from tests.harness.processes import ProcessFactory, RedisServer, wait_for

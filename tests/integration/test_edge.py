@@ -26,7 +26,7 @@ import orjson
 import pytest
 import urllib3
 
-from predictions.keys import prediction_key
+from predictions.infra.keys import prediction_key
 from tests.harness.ports import free_port
 from tests.harness.processes import ROOT, Process, ProcessFactory, RedisServer, wait_for
 from tests.harness.system import PAIRS, TEST_TTL, TEST_VERSION

@@ -13,10 +13,11 @@ from typing import Any
 import orjson
 import pytest
 
-from predictions.keys import active_version_key, prediction_key
-from predictions.prediction import FIELDS, Prediction
-from predictions.store import PredictionStore
+from predictions.cache.store import PredictionStore
+from predictions.infra.keys import active_version_key, prediction_key
+from predictions.model.prediction import PREDICTION_FIELDS, Prediction
 from tests.harness import load
+from tests.harness.doubles import HostClock
 from tests.harness.fault_models import PairFaultModel
 from tests.harness.faults import Hammer
 from tests.harness.http import Answer, computations, get
@@ -173,7 +174,7 @@ def test_stampede_computes_each_pair_once_answers_everyone_and_hits_stay_fast(
     assert {a.status for a in answers} == {200}
     for path, answer in zip(paths, answers, strict=True):
         assert answer.headers["X-Cache"] in {"MISS", "HIT"}
-        assert set(answer.body) == FIELDS and path.endswith(answer.body["pair"])
+        assert set(answer.body) == PREDICTION_FIELDS and path.endswith(answer.body["pair"])
         assert answer.seconds < MODEL_LATENCY + 2.0, (path, answer.seconds)
     for pair in STAMPEDE_PAIRS:
         times = {a.body["computed_at"] for a in answers if a.body["pair"] == pair}
@@ -259,7 +260,9 @@ def test_a_failing_model_writes_nothing_for_its_pairs_and_the_rest_stay_fresh(
         data_source="synthetic",
         compute_seconds=0.3,
     )
-    assert PredictionStore(client, grace_seconds=STALE_GRACE).write(previous, now)
+    assert PredictionStore(client, grace_seconds=STALE_GRACE, clock=HostClock()).write(
+        previous, now
+    )
     answer = get(api, f"/predict/{pair}")
     assert (answer.status, answer.headers["X-Cache"]) == (200, "HIT")
     time.sleep(max(0.0, previous.fresh_until - time.time()) + 0.05)
@@ -348,7 +351,7 @@ def test_corrupt_entries_are_recomputed_on_request_never_a_500(
     for pair, (what, _) in cases.items():
         answer = get(api, f"/predict/{pair}")
         assert (answer.status, answer.headers.get("X-Cache")) == (200, "MISS"), (what, answer)
-        assert set(answer.body) == FIELDS and answer.body["pair"] == pair, what
+        assert set(answer.body) == PREDICTION_FIELDS and answer.body["pair"] == pair, what
         assert answer.body["predicted_price"] > 0, what
         assert client.type(prediction_key(pair, TEST_VERSION)) == b"string", what
         assert stored(redis_server.client(), pair) == answer.body, what

@@ -21,14 +21,14 @@ import orjson
 import pytest
 import redis
 
-from predictions.keys import compute_lock_key
-from predictions.market_data import build_market_data
-from predictions.prediction import parse_time
-from predictions.predictor import Predictor
-from predictions.redis_client import make_redis
+from predictions.cache.store import PredictionStore
+from predictions.infra.keys import compute_lock_key
+from predictions.model.market_data import build_market_data
+from predictions.model.prediction import parse_time
+from predictions.model.predictor import Predictor
 from predictions.settings import Settings
-from predictions.store import PredictionStore
-from tests.harness.doubles import CountingModel
+from predictions.wiring import make_redis
+from tests.harness.doubles import CountingModel, HostClock
 from tests.harness.faults import (
     ANSWER_WITHIN,
     FRESHNESS_BOUND,
@@ -197,9 +197,16 @@ def test_a_write_lost_in_a_frozen_redis_does_not_come_back_expired(
     the worker's write of a one-second TTL lands ten seconds late, with its relative PX.
     """
     store = PredictionStore(
-        make_redis(Settings(redis_url=redis_server.url), client_name="fault-test")
+        make_redis(Settings(redis_url=redis_server.url), client_name="fault-test"),
+        clock=HostClock(),
     )
-    predictor = Predictor(CountingModel(), build_market_data("synthetic", 5), 300, ttl_seconds=1)
+    predictor = Predictor(
+        CountingModel(),
+        build_market_data("synthetic", 5, HostClock()),
+        300,
+        ttl_seconds=1,
+        clock=HostClock(),
+    )
     prediction = predictor.compute("ETH-EUR")
     assert store.redis.ping()
     with frozen(redis_server):

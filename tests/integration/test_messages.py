@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kombu.connection import Connection
 
-from predictions.keys import prediction_key
+from predictions.infra.keys import prediction_key
 from predictions.settings import Settings
 from tests.harness.processes import ProcessFactory, RedisServer, wait_for
 from tests.harness.system import TEST_VERSION

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from predictions.keys import prediction_key
+from predictions.infra.keys import prediction_key
 from tests.harness.processes import ProcessFactory, RedisServer, wait_for
 from tests.harness.system import TEST_PAIRS, TEST_VERSION
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from examples.model_styles import ContractStyleModel, ListStyleModel, NumpyStyleModel
-from predictions.keys import prediction_key
-from predictions.market_data import SyntheticMarketData
-from predictions.prediction import Prediction
+from predictions.infra.keys import prediction_key
+from predictions.model.market_data import SyntheticMarketData
+from predictions.model.prediction import Prediction
 from tests.harness.processes import ProcessFactory, RedisServer, wait_for
 from tests.harness.system import TEST_PAIRS
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from predictions.keys import active_version_key, prediction_key
-from predictions.market_data import SyntheticMarketData
+from predictions.cache.store import PredictionStore
+from predictions.infra.keys import active_version_key, prediction_key
 from predictions.model import LogLinearTrendModel
-from predictions.predictor import Predictor
-from predictions.store import PredictionStore
-from tests.harness.doubles import CountingModel
+from predictions.model.market_data import SyntheticMarketData
+from predictions.model.predictor import Predictor
+from tests.harness.doubles import CountingModel, HostClock, ManualClock
 from tests.harness.http import get
 from tests.harness.processes import BIN, ROOT, Process, ProcessFactory, RedisServer, wait_for
 from tests.harness.system import PAIRS, TEST_REFRESH
@@ -229,13 +229,13 @@ class GatedModel(CountingModel):
 def test_two_writers_finishing_in_reverse_order_keep_the_newer_prediction(
     redis_server: RedisServer,
 ) -> None:
-    store = PredictionStore(redis_server.client(), grace_seconds=60)
+    store = PredictionStore(redis_server.client(), grace_seconds=60, clock=HostClock())
     first_gate, second_gate = threading.Event(), threading.Event()
     base = round(time.time(), 3)
 
     def writer(gate: threading.Event, computed_at: float) -> Callable[[], bool]:
         predictor = Predictor(
-            GatedModel(gate), SyntheticMarketData(), 300, 60, clock=lambda: computed_at
+            GatedModel(gate), SyntheticMarketData(), 300, 60, clock=ManualClock(now=computed_at)
         )
         return lambda: store.write(predictor.compute("ETH-EUR"), time.time())
 

@@ -16,8 +16,8 @@ import orjson
 import pytest
 import redis
 
-from predictions.keys import prediction_key
-from predictions.prediction import parse_time
+from predictions.infra.keys import prediction_key
+from predictions.model.prediction import parse_time
 from tests.harness.faults import LoadGenerator, check_answers
 from tests.harness.ports import free_port
 from tests.harness.processes import Process, ProcessFactory, RedisServer, wait_for

@@ -29,8 +29,8 @@ import pytest
 import redis
 import urllib3
 
-from predictions.keys import prediction_key
-from predictions.prediction import parse_time
+from predictions.infra.keys import prediction_key
+from predictions.model.prediction import parse_time
 from scripts.embedded_redis import server_args
 from tests.harness.http import computations
 from tests.harness.netns import Network, enter_namespace, netns_unavailable

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import pytest
 
-from predictions.keys import active_version_key, prediction_key
+from predictions.infra.keys import active_version_key, prediction_key
 from tests.harness.http import computations, get
 from tests.harness.processes import ProcessFactory, RedisServer, wait_for
 from tests.harness.store import cached

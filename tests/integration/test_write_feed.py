@@ -10,13 +10,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from predictions import write_feed
-from predictions.keys import active_version_key, flip_pending_key
-from predictions.near_cache import NearCache
-from predictions.prediction import Prediction
-from predictions.store import PredictionStore
-from predictions.write_feed import WriteFollower
-from tests.harness.doubles import make_prediction
+from predictions.cache import FEED_CHANNEL, WriteFollower, state_message
+from predictions.cache.near_cache import NearCache
+from predictions.cache.store import PredictionStore
+from predictions.infra.keys import active_version_key, flip_pending_key
+from predictions.model.prediction import Prediction
+from tests.harness.doubles import HostClock, make_prediction
 from tests.harness.processes import RedisServer, wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,7 +32,7 @@ def client(redis_server: RedisServer) -> redis.Redis:
 
 @pytest.fixture
 def followed(client: redis.Redis) -> Iterator[tuple[NearCache, WriteFollower]]:
-    near = NearCache(0.25)  # the real clocks: predictions made fresh from now
+    near = NearCache(0.25, clock=HostClock())  # the real clocks: predictions made fresh from now
     follower = WriteFollower(client, near, PAIRS, recheck_seconds=0.3, retry_seconds=0.1)
     follower.ensure_running()
     wait_for(lambda: near.following, 5, what="the subscription")
@@ -50,7 +49,7 @@ def test_a_write_updates_a_held_copy_which_then_outlives_max_age(
     client: redis.Redis, followed: tuple[NearCache, WriteFollower]
 ) -> None:
     near, _ = followed
-    store = PredictionStore(client, grace_seconds=10)
+    store = PredictionStore(client, grace_seconds=10, clock=HostClock())
     first = fresh()
     near.observe("m-1", False)
     near.put(first)
@@ -65,7 +64,7 @@ def test_a_pending_flip_and_a_delete_stop_serving_at_once(
     client: redis.Redis, followed: tuple[NearCache, WriteFollower]
 ) -> None:
     near, _ = followed
-    store = PredictionStore(client, grace_seconds=10)
+    store = PredictionStore(client, grace_seconds=10, clock=HostClock())
     prediction = fresh()
     near.put(prediction)
     newer = dataclasses.replace(prediction, computed_at=prediction.computed_at + 1)
@@ -75,11 +74,11 @@ def test_a_pending_flip_and_a_delete_stop_serving_at_once(
     assert near.get("ETH-EUR") == newer  # followed, past its own max_age
     with client.pipeline(transaction=True) as pipe:  # what a rollout does
         pipe.set(flip_pending_key(), "m-2")
-        pipe.publish(write_feed.CHANNEL, write_feed.state_message("m-1", True))
+        pipe.publish(FEED_CHANNEL, state_message("m-1", True))
         pipe.execute()
     wait_for(lambda: near.get("ETH-EUR") is None, 1, what="pending flip seen")
     client.delete(flip_pending_key())
-    client.publish(write_feed.CHANNEL, write_feed.state_message("m-1", False))
+    client.publish(FEED_CHANNEL, state_message("m-1", False))
     wait_for(lambda: near.get("ETH-EUR") is not None, 1, what="flip abandoned")
     assert store.forget("ETH-EUR", "m-1")
     wait_for(lambda: near.last_known("ETH-EUR") is None, 1, what="the delete delivered")
@@ -89,7 +88,7 @@ def test_keys_flushed_by_hand_are_noticed_by_the_recheck(
     client: redis.Redis, followed: tuple[NearCache, WriteFollower]
 ) -> None:
     near, _ = followed
-    store = PredictionStore(client, grace_seconds=10)
+    store = PredictionStore(client, grace_seconds=10, clock=HostClock())
     prediction = fresh()
     near.put(prediction)
     store.write(

@@ -8,11 +8,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api import create_app
-from predictions.market_data import SyntheticMarketData
-from predictions.predictor import Predictor
+from predictions.cache.store import PredictionStore
+from predictions.model.market_data import SyntheticMarketData
+from predictions.model.predictor import Predictor
 from predictions.settings import Settings
-from predictions.store import PredictionStore
-from tests.harness.doubles import CountingModel
+from predictions.wiring import Wiring
+from tests.harness.doubles import CountingModel, HostClock
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def redis_client() -> Iterator[fakeredis.FakeRedis]:
 
 @pytest.fixture
 def store(redis_client: fakeredis.FakeRedis) -> PredictionStore:
-    return PredictionStore(redis_client)
+    return PredictionStore(redis_client, HostClock())
 
 
 @pytest.fixture
@@ -49,6 +50,7 @@ def predictor(settings: Settings, model: CountingModel) -> Predictor:
         market_data=SyntheticMarketData(),
         horizon_seconds=settings.prediction_horizon_seconds,
         ttl_seconds=settings.prediction_ttl_seconds,
+        clock=HostClock(),
     )
 
 
@@ -60,3 +62,20 @@ def app(settings: Settings, redis_client: fakeredis.FakeRedis, predictor: Predic
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+def wiring_of(settings: Settings, store: PredictionStore, predictor: Predictor) -> Wiring:
+    """A process's objects around a given store and predictor (the worker's, in tests)."""
+    return Wiring(
+        settings=settings,
+        redis=store.redis,
+        clock=store.clock,
+        predictor=predictor,
+        store=store,
+        pairs=frozenset(settings.pairs),
+    )
+
+
+@pytest.fixture
+def wiring(settings: Settings, store: PredictionStore, predictor: Predictor) -> Wiring:
+    return wiring_of(settings, store, predictor)

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from api import create_app
 from predictions.cache import Limits
-from predictions.clock import RedisClock
-from predictions.keys import active_version_key, prediction_key
-from predictions.predictor import Predictor
-from predictions.redis_client import make_redis
+from predictions.infra.clock import RedisClock
+from predictions.infra.keys import active_version_key, prediction_key
+from predictions.model.predictor import Predictor
 from predictions.settings import Settings
+from predictions.wiring import make_redis, wire
 from tests.harness.doubles import CountingModel, FailingModel
 
 
@@ -126,9 +126,8 @@ def test_corrupt_entry_is_recomputed_and_overwritten(
 def test_a_failing_model_is_a_503_and_nothing_is_cached(
     settings: Settings, redis_client: fakeredis.FakeRedis
 ) -> None:
-    predictor = Predictor.from_settings(
-        dataclasses.replace(settings, model="tests.harness.doubles:FailingModel")
-    )
+    failing = dataclasses.replace(settings, model="tests.harness.doubles:FailingModel")
+    predictor = wire(failing, role="test", redis_client=redis_client).predictor
     assert isinstance(predictor.models.default_model().model, FailingModel)
     client = create_app(settings, redis_client, predictor).test_client()
     response = client.get("/predict/ETH-EUR")

@@ -17,23 +17,15 @@ from flask.testing import FlaskClient
 
 from api import create_app
 from predictions.cache import PredictionCache
-from predictions.market_data import SyntheticMarketData
-from predictions.predictor import Predictor
-from predictions.revalidation import revalidate_early
+from predictions.cache.revalidation import revalidate_early
+from predictions.model.market_data import SyntheticMarketData
+from predictions.model.predictor import Predictor
 from predictions.settings import Settings
-from tests.harness.doubles import CountingModel
+from tests.harness.doubles import CountingModel, ManualClock
 
 TTL = 30
 GRACE = 20
 START = 1_800_000_000.0  # 2027-01-15: far from the real clock, which must not matter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class SwitchModel(CountingModel):
@@ -54,8 +46,8 @@ class SwitchModel(CountingModel):
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(now=START)
 
 
 @pytest.fixture
@@ -64,7 +56,7 @@ def model() -> SwitchModel:
 
 
 @pytest.fixture
-def app(clock: Clock, model: SwitchModel) -> Flask:
+def app(clock: ManualClock, model: SwitchModel) -> Flask:
     settings = Settings(
         pairs=("ETH-EUR", "BTC-EUR"),
         prediction_ttl_seconds=TTL,
@@ -73,7 +65,7 @@ def app(clock: Clock, model: SwitchModel) -> Flask:
         stale_grace_seconds=GRACE,
         near_cache_seconds=0,
         # No early refresh unless a test asks for it: the stages must be deterministic.
-        early_refresh_beta=0,
+        early_revalidation_beta=0,
         failed_compute_backoff_seconds=5,
     )
     predictor = Predictor(
@@ -108,7 +100,7 @@ def _directives(cache_control: str) -> dict[str, int]:
 
 
 def test_every_stage_of_a_prediction_has_exactly_its_headers(
-    app: Flask, client: FlaskClient, clock: Clock, model: SwitchModel
+    app: Flask, client: FlaskClient, clock: ManualClock, model: SwitchModel
 ) -> None:
     # Just computed (a miss computes it now): fresh for its whole lifetime, never stale.
     first = client.get("/predict/ETH-EUR")
@@ -125,7 +117,7 @@ def test_every_stage_of_a_prediction_has_exactly_its_headers(
     assert "stale" not in body
 
     # Mid-life: a hit; max-age is the freshness left, rounded down.
-    clock.now = START + 12.5
+    clock.instant = START + 12.5
     mid = client.get("/predict/ETH-EUR")
     assert mid.headers["X-Cache"] == "HIT"
     assert _directives(mid.headers["Cache-Control"])["max-age"] == TTL - 13
@@ -141,7 +133,7 @@ def test_every_stage_of_a_prediction_has_exactly_its_headers(
     # own validators; a cache may reuse it for a second and serve it until the grace
     # ends while it revalidates.
     model.gate.clear()  # hold the background recomputation
-    clock.now = START + TTL + 5
+    clock.instant = START + TTL + 5
     stale = client.get("/predict/ETH-EUR")
     assert stale.status_code == 200 and stale.headers["X-Cache"] == "STALE"
     assert stale.get_json() == body | {"stale": True}
@@ -171,7 +163,7 @@ def test_every_stage_of_a_prediction_has_exactly_its_headers(
 
     # Past grace, with the model failing: never served; 503 with Retry-After.
     model.failing = True
-    clock.now = START + 2 * TTL + 5 + GRACE + 1
+    clock.instant = START + 2 * TTL + 5 + GRACE + 1
     gone = client.get("/predict/ETH-EUR")
     assert gone.status_code == 503
     assert gone.headers["Retry-After"] == "1"
@@ -180,11 +172,11 @@ def test_every_stage_of_a_prediction_has_exactly_its_headers(
 
 
 def test_a_stale_pair_is_recomputed_exactly_once_however_many_ask(
-    app: Flask, client: FlaskClient, clock: Clock, model: SwitchModel
+    app: Flask, client: FlaskClient, clock: ManualClock, model: SwitchModel
 ) -> None:
     client.get("/predict/ETH-EUR")
     model.gate.clear()
-    clock.now = START + TTL + 1
+    clock.instant = START + TTL + 1
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda _: app.test_client().get("/predict/ETH-EUR"), range(64)))
     assert {answer.headers["X-Cache"] for answer in answers} == {"STALE"}
@@ -194,13 +186,13 @@ def test_a_stale_pair_is_recomputed_exactly_once_however_many_ask(
 
 
 def test_stale_if_error_serves_stale_until_the_grace_ends_then_503(
-    app: Flask, client: FlaskClient, clock: Clock, model: SwitchModel
+    app: Flask, client: FlaskClient, clock: ManualClock, model: SwitchModel
 ) -> None:
     client.get("/predict/ETH-EUR")
     model.failing = True
     served = []
     for offset in (1, 2, 8, 14, GRACE - 0.5):
-        clock.now = START + TTL + offset
+        clock.instant = START + TTL + offset
         answer = client.get("/predict/ETH-EUR")
         _settle(app)
         served.append((answer.status_code, answer.headers.get("X-Cache")))
@@ -208,13 +200,13 @@ def test_stale_if_error_serves_stale_until_the_grace_ends_then_503(
     # The failing pair rests between attempts (5 s of real time here), so the model
     # was asked once, not once per request.
     assert model.calls == ["ETH-EUR", "ETH-EUR"]
-    clock.now = START + TTL + GRACE
+    clock.instant = START + TTL + GRACE
     past = client.get("/predict/ETH-EUR")
     assert past.status_code == 503 and past.headers["Retry-After"] == "1"
 
 
 def test_a_failing_pair_is_not_recomputed_on_every_miss(
-    client: FlaskClient, clock: Clock, model: SwitchModel
+    client: FlaskClient, clock: ManualClock, model: SwitchModel
 ) -> None:
     model.failing = True
     statuses = [client.get("/predict/BTC-EUR").status_code for _ in range(5)]
@@ -223,10 +215,10 @@ def test_a_failing_pair_is_not_recomputed_on_every_miss(
 
 
 def test_batch_reads_mark_stale_items_and_revalidate_them(
-    app: Flask, client: FlaskClient, clock: Clock, model: SwitchModel
+    app: Flask, client: FlaskClient, clock: ManualClock, model: SwitchModel
 ) -> None:
     client.get("/predict/ETH-EUR")
-    clock.now = START + TTL + 1
+    clock.instant = START + TTL + 1
     items = client.get("/predict?pairs=ETH-EUR,BTC-EUR").get_json()["items"]
     assert [item["status"] for item in items] == ["stale", "missing"]
     assert items[0]["prediction"]["stale"] is True
@@ -236,14 +228,16 @@ def test_batch_reads_mark_stale_items_and_revalidate_them(
     assert items[0]["status"] == "fresh"
 
 
-def test_pairs_says_which_are_stale(client: FlaskClient, clock: Clock, model: SwitchModel) -> None:
+def test_pairs_says_which_are_stale(
+    client: FlaskClient, clock: ManualClock, model: SwitchModel
+) -> None:
     client.get("/predict/ETH-EUR")
     model.gate.clear()
-    clock.now = START + TTL + 1
+    clock.instant = START + TTL + 1
     (item,) = [p for p in client.get("/pairs").get_json()["pairs"] if p["cached"]]
     assert item["status"] == "stale" and item["fresh_for_seconds"] == 0
     model.gate.set()
-    clock.now = START + TTL + GRACE + 1
+    clock.instant = START + TTL + GRACE + 1
     assert not any(p["cached"] for p in client.get("/pairs").get_json()["pairs"])
 
 
@@ -266,24 +260,24 @@ def test_xfetch_edges() -> None:
 
 
 def test_an_early_refresh_keeps_a_hot_pair_from_ever_going_stale(
-    app: Flask, client: FlaskClient, clock: Clock, model: SwitchModel
+    app: Flask, client: FlaskClient, clock: ManualClock, model: SwitchModel
 ) -> None:
     cache = _cache(app)
-    cache.limits = dataclasses.replace(cache.limits, early_refresh_beta=1.0)
+    cache.limits = dataclasses.replace(cache.limits, early_revalidation_beta=1.0)
     cache.draw = lambda: 0.999  # 1 - draw = 0.001: -log = 6.9, so 6.9 * delta * beta
     client.get("/predict/ETH-EUR")
     computed = model.calls.copy()
     # Far from expiry: no early refresh even with a small draw.
-    clock.now = START + 1
+    clock.instant = START + 1
     assert client.get("/predict/ETH-EUR").headers["X-Cache"] == "HIT"
     _settle(app)
     assert model.calls == computed
     # Close to expiry (within 6.9 x its compute time, here tiny): refreshed early.
     delta = client.get("/predict/ETH-EUR").get_json()["compute_seconds"]
-    clock.now = START + TTL - delta
+    clock.instant = START + TTL - delta
     answer = client.get("/predict/ETH-EUR")
     assert answer.headers["X-Cache"] == "HIT"
     _settle(app)
     assert model.calls == [*computed, "ETH-EUR"]
-    clock.now = START + TTL + 0.0001
+    clock.instant = START + TTL + 0.0001
     assert client.get("/predict/ETH-EUR").headers["X-Cache"] == "HIT"  # never went stale

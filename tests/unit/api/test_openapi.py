@@ -10,10 +10,10 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from api import create_app
-from predictions.market_data import SyntheticMarketData
-from predictions.predictor import Predictor
+from predictions.model.market_data import SyntheticMarketData
+from predictions.model.predictor import Predictor
 from predictions.settings import Settings
-from tests.harness.doubles import CountingModel
+from tests.harness.doubles import CountingModel, HostClock
 
 SETTINGS = Settings(pairs=("ETH-EUR", "BTC-USD"), simulated_model_latency_seconds=0)
 REDIS = fakeredis.FakeRedis()
@@ -21,7 +21,9 @@ MODEL = CountingModel()
 APP = create_app(
     SETTINGS,
     REDIS,
-    Predictor(MODEL, SyntheticMarketData(), 300, SETTINGS.prediction_ttl_seconds),
+    Predictor(
+        MODEL, SyntheticMarketData(), 300, SETTINGS.prediction_ttl_seconds, clock=HostClock()
+    ),
 )
 schema = schemathesis.openapi.from_wsgi("/openapi.json", APP)
 

@@ -15,9 +15,10 @@ from examples.sklearn_trend import model as sklearn_trend
 from examples.sklearn_trend import train
 from examples.sklearn_trend.features import FEATURE_NAMES, MIN_PRICES
 from examples.template_model import TemplateModel
-from predictions.market_data import PriceWindow, SyntheticMarketData
 from predictions.model import LoadedModel, ModelLoadError, load_model
-from predictions.predictor import PredictionFailed, Predictor
+from predictions.model.market_data import PriceWindow, SyntheticMarketData
+from predictions.model.predictor import PredictionFailed, Predictor
+from tests.harness.doubles import ManualClock
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = 1_764_000_000.0
@@ -67,7 +68,7 @@ def _predictor(model: LoadedModel, horizon_seconds: int = 300) -> Predictor:
         market_data=SyntheticMarketData(),
         horizon_seconds=horizon_seconds,
         ttl_seconds=30,
-        clock=lambda: NOW,
+        clock=ManualClock(now=NOW),
     )
 
 

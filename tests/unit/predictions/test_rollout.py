@@ -9,8 +9,8 @@ import time
 import fakeredis
 import pytest
 
-from predictions import write_feed
-from predictions.keys import (
+from predictions.cache import FEED_CHANNEL, state_message
+from predictions.infra.keys import (
     active_version_key,
     flip_pending_key,
     model_import_key,
@@ -18,9 +18,10 @@ from predictions.keys import (
     previous_version_key,
 )
 from predictions.model import LogLinearTrendModel
-from predictions.prediction import Prediction
+from predictions.model.prediction import Prediction
 from predictions.rollout import RolloutFailed, flip_wait_seconds, rollback, rollout
 from predictions.settings import Settings
+from predictions.wiring import Wiring, wire
 
 NEW = "tests.harness.doubles:CountingModel"  # version counting-1
 OLD_VERSION = LogLinearTrendModel.version
@@ -33,6 +34,11 @@ def live(redis_client: fakeredis.FakeRedis) -> fakeredis.FakeRedis:
     redis_client.set(active_version_key(), OLD_VERSION)
     redis_client.set(model_import_key(OLD_VERSION), OLD)
     return redis_client
+
+
+def _wired(settings: Settings, client: fakeredis.FakeRedis) -> Wiring:
+    """What `python -m predictions.rollout` builds, around a test's Redis."""
+    return wire(settings, role="test", redis_client=client)
 
 
 def stored(client: fakeredis.FakeRedis, pair: str, version: str) -> Prediction | None:
@@ -55,7 +61,7 @@ def test_every_pair_is_stored_under_the_new_version_before_the_flip(
         seen["missing"] = [p for p in settings.pairs if stored(live, p, "counting-1") is None]
 
     said: list[str] = []
-    assert rollout(settings, live, NEW, say=said.append, sleep=sleep) == "counting-1"
+    assert rollout(_wired(settings, live), NEW, say=said.append, sleep=sleep) == "counting-1"
     assert seen == {
         "waited": flip_wait_seconds(settings),
         "active": OLD_VERSION.encode(),  # the API still served the old version
@@ -79,16 +85,16 @@ def test_the_flip_is_announced_on_the_write_feed(
     settings: Settings, live: fakeredis.FakeRedis
 ) -> None:
     pubsub = live.pubsub()  # type: ignore[no-untyped-call]
-    pubsub.subscribe(write_feed.CHANNEL)
-    rollout(settings, live, NEW, say=lambda _: None, sleep=lambda _: None)
+    pubsub.subscribe(FEED_CHANNEL)
+    rollout(_wired(settings, live), NEW, say=lambda _: None, sleep=lambda _: None)
     messages = []
     while (message := pubsub.get_message(timeout=0.1)) is not None:
         if message["type"] == "message":
             messages.append(message["data"])
     states = [m for m in messages if m.startswith(b"s ")]
     assert states == [
-        write_feed.state_message(OLD_VERSION, True),
-        write_feed.state_message("counting-1", False),
+        state_message(OLD_VERSION, True),
+        state_message("counting-1", False),
     ]
     # Every new prediction was written (and announced) before the flip was marked.
     pending_at = messages.index(states[0])
@@ -110,7 +116,7 @@ def test_predictions_that_would_go_stale_before_the_flip_are_computed_again(
             first[pair] = prediction.computed_at
         time.sleep(0.01)  # so that a recomputation is seen to be later
 
-    rollout(short, live, NEW, say=lambda _: None, sleep=sleep)
+    rollout(_wired(short, live), NEW, say=lambda _: None, sleep=sleep)
     for pair in short.pairs:
         prediction = stored(live, pair, "counting-1")
         assert prediction is not None and prediction.computed_at > first[pair], pair
@@ -128,7 +134,7 @@ def test_fresh_enough_predictions_are_not_computed_again(
             first[pair] = prediction.computed_at
         time.sleep(0.01)
 
-    rollout(settings, live, NEW, say=lambda _: None, sleep=sleep)  # a TTL of 30 s
+    rollout(_wired(settings, live), NEW, say=lambda _: None, sleep=sleep)  # a TTL of 30 s
     for pair in settings.pairs:
         prediction = stored(live, pair, "counting-1")
         assert prediction is not None and prediction.computed_at == first[pair], pair
@@ -136,7 +142,7 @@ def test_fresh_enough_predictions_are_not_computed_again(
 
 def test_the_active_version_is_left_alone(settings: Settings, live: fakeredis.FakeRedis) -> None:
     said: list[str] = []
-    assert rollout(settings, live, OLD, say=said.append) == OLD_VERSION
+    assert rollout(_wired(settings, live), OLD, say=said.append) == OLD_VERSION
     assert "nothing to do" in said[0]
     assert not live.exists(previous_version_key())
     assert not [p for p in settings.pairs if live.exists(prediction_key(p, OLD_VERSION))]
@@ -153,7 +159,7 @@ def test_a_failure_before_the_flip_changes_nothing(
     settings: Settings, live: fakeredis.FakeRedis, import_string: str, why: str
 ) -> None:
     with pytest.raises(RolloutFailed, match=why):
-        rollout(settings, live, import_string, say=lambda _: None, sleep=lambda _: None)
+        rollout(_wired(settings, live), import_string, say=lambda _: None, sleep=lambda _: None)
     assert live.get(active_version_key()) == OLD_VERSION.encode()
     assert not live.exists(flip_pending_key())
     assert not live.exists(previous_version_key())
@@ -166,7 +172,7 @@ def test_a_rollout_that_lost_a_race_flips_nothing(
         live.set(active_version_key(), "other-1")
 
     with pytest.raises(RolloutFailed, match="another rollout"):
-        rollout(settings, live, NEW, say=lambda _: None, sleep=another_rollout_meanwhile)
+        rollout(_wired(settings, live), NEW, say=lambda _: None, sleep=another_rollout_meanwhile)
     assert live.get(active_version_key()) == b"other-1"
     assert not live.exists(previous_version_key())
 
@@ -174,8 +180,8 @@ def test_a_rollout_that_lost_a_race_flips_nothing(
 def test_rollback_returns_to_the_previous_version(
     settings: Settings, live: fakeredis.FakeRedis
 ) -> None:
-    rollout(settings, live, NEW, say=lambda _: None, sleep=lambda _: None)
-    assert rollback(settings, live, say=lambda _: None) == OLD_VERSION
+    rollout(_wired(settings, live), NEW, say=lambda _: None, sleep=lambda _: None)
+    assert rollback(_wired(settings, live), say=lambda _: None) == OLD_VERSION
     assert live.get(active_version_key()) == OLD_VERSION.encode()
     assert live.get(previous_version_key()) == b"counting-1"
     # Its predictions were computed again (they may have expired meanwhile).
@@ -186,8 +192,8 @@ def test_rollback_needs_a_previous_version_and_its_import_string(
     settings: Settings, live: fakeredis.FakeRedis
 ) -> None:
     with pytest.raises(RolloutFailed, match="no previous version"):
-        rollback(settings, live, say=lambda _: None)
+        rollback(_wired(settings, live), say=lambda _: None)
     live.set(previous_version_key(), "gone-1")
     with pytest.raises(RolloutFailed, match="no import string"):
-        rollback(settings, live, say=lambda _: None)
+        rollback(_wired(settings, live), say=lambda _: None)
     assert live.get(active_version_key()) == OLD_VERSION.encode()

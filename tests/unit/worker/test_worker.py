@@ -7,21 +7,22 @@ import fakeredis
 import pytest
 
 from beat_schedule import CLOCK_SKEW_ALLOWANCE_SECONDS, REFRESH_ALL_TASK, build_schedule
-from predictions.keys import (
+from predictions.cache.store import PredictionStore
+from predictions.infra.keys import (
     active_version_key,
     compute_lock_key,
     prediction_key,
     refresh_slot_key,
 )
-from predictions.market_data import PriceWindow, SyntheticMarketData
 from predictions.model import ModelLoadError
-from predictions.predictor import Predictor
+from predictions.model.market_data import PriceWindow, SyntheticMarketData
+from predictions.model.predictor import Predictor
 from predictions.settings import Settings, SettingsError
-from predictions.store import PredictionStore
-from tests.harness.doubles import CountingModel
+from predictions.wiring import Wiring
+from tests.harness.doubles import CountingModel, HostClock
+from tests.unit.conftest import wiring_of
 from worker.celery_app import create_celery
 from worker.refresh import (
-    RefreshResources,
     batches,
     claim_refresh_slot,
     lock_plan,
@@ -30,34 +31,25 @@ from worker.refresh import (
 from worker.tasks import DEPRECATED_REFRESH_BATCH_TASK, REFRESH_BATCH_TASK
 
 
-@pytest.fixture
-def resources(store: PredictionStore, predictor: Predictor, settings: Settings) -> RefreshResources:
-    return RefreshResources(
-        pairs=frozenset(settings.pairs),
-        predictor=predictor,
-        store=store,
-    )
-
-
 def test_refresh_writes_every_pair_with_its_expiry(
-    resources: RefreshResources,
+    wiring: Wiring,
     redis_client: fakeredis.FakeRedis,
     model: CountingModel,
     settings: Settings,
 ) -> None:
-    assert refresh_batch(["ETH-EUR", "btc-eur"], resources, settings) == 2
+    assert refresh_batch(["ETH-EUR", "btc-eur"], wiring) == 2
     assert model.calls == ["ETH-EUR", "BTC-EUR"]
     for pair in ("ETH-EUR", "BTC-EUR"):
         assert 0 < redis_client.pttl(prediction_key(pair, model.version)) <= 30_000
 
 
 def test_refresh_ignores_pairs_that_are_not_configured(
-    resources: RefreshResources,
+    wiring: Wiring,
     redis_client: fakeredis.FakeRedis,
     model: CountingModel,
     settings: Settings,
 ) -> None:
-    assert refresh_batch(["SOL-EUR", "not a pair", "ETH-EUR"], resources, settings) == 1
+    assert refresh_batch(["SOL-EUR", "not a pair", "ETH-EUR"], wiring) == 1
     assert model.calls == ["ETH-EUR"]
     assert redis_client.keys(prediction_key("*", "*")) == [
         prediction_key("ETH-EUR", model.version).encode()
@@ -75,12 +67,14 @@ def test_a_failing_pair_keeps_its_previous_prediction_and_others_refresh(
                 raise RuntimeError("bad data")
             return super().predict(pair, prices, horizon_seconds)
 
-    predictor = Predictor(FailsOnEth(), SyntheticMarketData(), 300, settings.prediction_ttl_seconds)
-    resources = RefreshResources(frozenset(settings.pairs), predictor, store)
-    assert refresh_batch(["ETH-EUR"], resources, settings) == 1
+    predictor = Predictor(
+        FailsOnEth(), SyntheticMarketData(), 300, settings.prediction_ttl_seconds, clock=HostClock()
+    )
+    wiring = wiring_of(settings, store, predictor)
+    assert refresh_batch(["ETH-EUR"], wiring) == 1
     before = store.read("ETH-EUR").predictions["ETH-EUR"]
     assert before is not None
-    assert refresh_batch(["ETH-EUR", "BTC-EUR"], resources, settings) == 1
+    assert refresh_batch(["ETH-EUR", "BTC-EUR"], wiring) == 1
     assert store.read_many(["ETH-EUR", "BTC-EUR"]).predictions == {
         "ETH-EUR": before,
         "BTC-EUR": store.read_version("BTC-EUR", before.model_version),
@@ -175,13 +169,13 @@ def test_warm_start_scheduler_is_due_at_once() -> None:
 
 
 def test_a_refresh_skips_a_pair_someone_is_computing(
-    resources: RefreshResources,
+    wiring: Wiring,
     redis_client: fakeredis.FakeRedis,
     model: CountingModel,
     settings: Settings,
 ) -> None:
     redis_client.set(compute_lock_key("ETH-EUR", "counting-1"), b"api-request-token", px=10_000)
-    assert refresh_batch(["ETH-EUR", "BTC-EUR"], resources, settings) == 1
+    assert refresh_batch(["ETH-EUR", "BTC-EUR"], wiring) == 1
     assert model.calls == ["BTC-EUR"]
     # The other holder's lock is untouched; the refresh's own locks are released.
     assert redis_client.get(compute_lock_key("ETH-EUR", "counting-1")) == b"api-request-token"
@@ -192,7 +186,15 @@ def test_locks_are_taken_in_groups_that_fit_the_lock_lifetime(
     store: PredictionStore, settings: Settings, redis_client: fakeredis.FakeRedis
 ) -> None:
     slept: list[float] = []
-    predictor = Predictor(CountingModel(), SyntheticMarketData(), 300, 30, 1.0, sleep=slept.append)
+    predictor = Predictor(
+        CountingModel(),
+        SyntheticMarketData(),
+        300,
+        30,
+        simulated_latency_seconds=1.0,
+        sleep=slept.append,
+        clock=HostClock(),
+    )
     held: list[int] = []
     original = predictor.compute
 
@@ -201,12 +203,13 @@ def test_locks_are_taken_in_groups_that_fit_the_lock_lifetime(
         return original(pair, model)
 
     predictor.compute = compute  # type: ignore[method-assign]
-    resources = RefreshResources(frozenset(settings.pairs), predictor, store)
+    wiring = wiring_of(settings, store, predictor)
     assert (
         refresh_batch(
             list(settings.pairs),
-            resources,
-            dataclasses.replace(settings, compute_timeout_seconds=4),
+            dataclasses.replace(
+                wiring, settings=dataclasses.replace(settings, compute_timeout_seconds=4)
+            ),
         )
         == 4
     )

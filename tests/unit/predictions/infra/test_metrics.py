@@ -1,0 +1,106 @@
+"""/metrics in one process (the Flask test client); the multiprocess mode under
+gunicorn is tested in tests/integration/test_observability.py."""
+
+from __future__ import annotations
+
+import fakeredis
+import redis
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from predictions.infra import metrics
+from predictions.infra.heartbeat import write_beat_tick
+from tests.harness.doubles import parse_media_type
+
+
+def scrape(client: FlaskClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.mimetype == "text/plain"
+    samples = {}
+    for family in text_string_to_metric_families(answer.get_data(as_text=True)):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_metrics_has_one_well_formed_content_type(client: FlaskClient) -> None:
+    answer = client.get("/metrics")
+    [value] = answer.headers.getlist("Content-Type")
+    media_type, parameters = parse_media_type(value)
+    assert media_type == "text/plain"
+    assert parameters["charset"] == "utf-8"
+    # The format prometheus_client wrote the body in, as it names it.
+    assert value == metrics.CONTENT_TYPE
+    assert "version" in parameters
+
+
+def test_the_strict_parser_refuses_what_strict_scrapers_refuse() -> None:
+    assert parse_media_type('text/plain; version=1.0.0; charset="utf-8"') == (
+        "text/plain",
+        {"version": "1.0.0", "charset": "utf-8"},
+    )
+    for bad in (
+        "text/plain; version=1.0.0; charset=utf-8; charset=utf-8",
+        "text/plain; Charset=utf-8; charset=utf-8",
+        "text/plain;",
+        "text/plain; charset",
+        "text plain",
+        "text/plain; charset=utf 8",
+    ):
+        try:
+            parse_media_type(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad!r}")
+
+
+def requests(samples: dict, outcome: str) -> float:  # type: ignore[type-arg]
+    return float(samples.get(("prediction_requests_total", (("outcome", outcome),)), 0.0))
+
+
+def test_each_answer_counts_under_its_outcome(client: FlaskClient) -> None:
+    before = scrape(client)
+    client.get("/predict/ETH-EUR")  # miss, computed here
+    client.get("/predict/ETH-EUR")  # hit
+    client.get("/predict/ETH-EUR")  # hit
+    client.get("/predict/NOPE-EUR")  # rejected: not configured
+    client.get("/predict/bad!")  # rejected: malformed
+    after = scrape(client)
+    for outcome, added in (("miss_computed", 1), ("hit", 2), ("rejected", 2), ("stale", 0)):
+        assert requests(after, outcome) - requests(before, outcome) == added, outcome
+    count = ("prediction_request_duration_seconds_count", (("outcome", "hit"),))
+    assert after[count] - before.get(count, 0) == 2
+    served = ("prediction_served_age_seconds_count", ())
+    assert after[served] - before.get(served, 0) == 3  # every answer with a prediction
+    ok = ("prediction_computations_total", (("result", "ok"),))
+    assert after[ok] - before.get(ok, 0) == 1
+
+
+def test_freshness_per_pair_and_beat_tick_are_read_from_redis(
+    client: FlaskClient, redis_client: fakeredis.FakeRedis
+) -> None:
+    client.get("/predict/BTC-EUR")
+    write_beat_tick(redis_client, 1_700_000_000.5, keep_seconds=60)
+    samples = scrape(client)
+    assert samples[("prediction_stored", (("pair", "BTC-EUR"),))] == 1
+    assert samples[("prediction_stored", (("pair", "ETH-EUR"),))] == 0
+    assert 0 <= samples[("prediction_age_seconds", (("pair", "BTC-EUR"),))] < 5
+    assert ("prediction_age_seconds", (("pair", "ETH-EUR"),)) not in samples
+    assert samples[("prediction_beat_last_tick_timestamp_seconds", ())] == 1_700_000_000.5
+
+
+def test_metrics_still_answer_when_redis_is_down(client: FlaskClient) -> None:
+    client.get("/predict/ETH-EUR")
+    # Port 1 refuses connections at once: the scrape must still answer.
+    store = client.application.extensions["predictions"].cache.store
+    store.redis = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    samples = scrape(client)
+    assert requests(samples, "miss_computed") >= 1
+    assert not any(name == "prediction_stored" for name, _ in samples)
+
+
+def test_metrics_content_type_has_one_charset(client: FlaskClient) -> None:
+    content_type = client.get("/metrics").headers["Content-Type"]
+    assert content_type.startswith("text/plain; version=")
+    assert content_type.count("charset") == 1, content_type

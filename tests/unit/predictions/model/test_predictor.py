@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from predictions.model import LogLinearTrendModel, Model
+from predictions.model.market_data import SyntheticMarketData
+from predictions.model.predictor import PredictionFailed, Predictor
+from predictions.settings import Settings
+from predictions.wiring import wire
+from tests.harness.doubles import FailingModel, HostClock, ManualClock, NanModel
+
+
+def _predictor(model: Model, **kwargs: object) -> Predictor:
+    options: dict[str, object] = {"clock": HostClock(), **kwargs}
+    return Predictor(model, SyntheticMarketData(), horizon_seconds=300, ttl_seconds=60, **options)  # type: ignore[arg-type]
+
+
+def test_compute_stamps_expiry_source_and_version() -> None:
+    clock = ManualClock(now=1_000.0)
+    model = LogLinearTrendModel()
+    predict = model.predict
+
+    def slow_predict(*args: object, **kwargs: object) -> float:
+        clock.advance(0.4567)  # the model takes a while: the stamp is when it is done
+        return predict(*args, **kwargs)  # type: ignore[arg-type]
+
+    model.predict = slow_predict  # type: ignore[method-assign]
+    prediction = _predictor(model, clock=clock).compute("ETH-EUR")
+    assert prediction.pair == "ETH-EUR"
+    assert prediction.computed_at == 1_000.457
+    assert prediction.fresh_until == 1_060.457
+    assert prediction.horizon_seconds == 300
+    assert prediction.model_version == "log-linear-trend-1"
+    assert prediction.data_source == "synthetic"
+    assert 1_000 < prediction.predicted_price < 10_000
+
+
+def test_simulated_latency_is_spent_before_the_model_runs() -> None:
+    slept: list[float] = []
+    _predictor(LogLinearTrendModel(), simulated_latency_seconds=0.75, sleep=slept.append).compute(
+        "ETH-EUR"
+    )
+    assert slept == [0.75]
+
+
+@pytest.mark.parametrize("model", [FailingModel(), NanModel()])
+def test_a_broken_model_fails_loudly_with_the_pair(
+    model: Model, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(PredictionFailed, match="ETH-EUR"):
+        _predictor(model).compute("ETH-EUR")
+    assert "prediction failed pair=ETH-EUR" in caplog.text
+
+
+def test_the_wiring_builds_the_configured_model() -> None:
+    settings = Settings(model="tests.harness.doubles:CountingModel", prediction_horizon_seconds=60)
+    predictor = wire(settings, role="test", redis_client=fakeredis.FakeRedis()).predictor
+    assert predictor.models.default_model().version == "counting-1"
+    assert predictor.horizon_seconds == 60
+    assert predictor.simulated_latency_seconds == 1.0
