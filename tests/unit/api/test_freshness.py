@@ -5,7 +5,6 @@ headers, stale-while-revalidate, stale-if-error and XFetch's early refresh."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
@@ -17,7 +16,6 @@ from flask.testing import FlaskClient
 
 from api import create_app
 from predictions.cache import PredictionCache
-from predictions.cache.revalidation import revalidate_early
 from predictions.model.market_data import SyntheticMarketData
 from predictions.model.predictor import Predictor
 from predictions.settings import Settings
@@ -241,25 +239,7 @@ def test_pairs_says_which_are_stale(
     assert not any(p["cached"] for p in client.get("/pairs").get_json()["pairs"])
 
 
-@pytest.mark.parametrize(
-    ("remaining", "delta", "beta"), [(1.0, 1.0, 1.0), (3.0, 1.0, 1.0), (2.0, 0.5, 2.0)]
-)
-def test_xfetch_refreshes_with_probability_exp_minus_remaining_over_delta_beta(
-    remaining: float, delta: float, beta: float
-) -> None:
-    draws = [(i + 1) / 100_000 for i in range(100_000)]  # uniform on (0, 1]
-    share = sum(revalidate_early(remaining, delta, beta, draw) for draw in draws) / len(draws)
-    assert share == pytest.approx(math.exp(-remaining / (delta * beta)), abs=1e-4)
-
-
-def test_xfetch_edges() -> None:
-    assert revalidate_early(0.0, 1.0, 1.0, 1.0)  # expiry reached: always
-    assert not revalidate_early(5.0, 1.0, 0.0, 1e-300)  # beta 0: never
-    assert not revalidate_early(5.0, 0.0, 1.0, 1e-300)  # no known compute time: never
-    assert not revalidate_early(5.0, 1.0, 1.0, 1.0)  # draw 1: log(1) = 0, never early
-
-
-def test_an_early_refresh_keeps_a_hot_pair_from_ever_going_stale(
+def test_an_early_revalidation_keeps_a_hot_pair_from_ever_going_stale(
     app: Flask, client: FlaskClient, clock: ManualClock, model: SwitchModel
 ) -> None:
     cache = _cache(app)
