@@ -61,12 +61,11 @@ test-integration: dev ## Run the integration tests only
 test-faults: dev ## Run only the fault-injection tests (Redis killed or frozen, workers killed, ...)
 	$(BIN)/python -m pytest -m faults
 
-requests: dev ## Time requests against the running API (URL= PAIR= N= INTERVAL= HISTOGRAM=1 SAVE= COMPARE= PLOT=)
+requests: dev ## Time requests against the running API (URL= PAIR= N= INTERVAL= HISTOGRAM=1)
 	$(BIN)/python scripts/time_requests.py \
 		$(if $(URL),--url $(URL)) $(if $(PAIR),--pair $(PAIR)) \
 		$(if $(N),--count $(N)) $(if $(INTERVAL),--interval $(INTERVAL)) \
-		$(if $(HISTOGRAM),--histogram) $(if $(PLOT),--plot $(PLOT)) \
-		$(if $(SAVE),--save $(SAVE)) $(if $(COMPARE),--compare $(COMPARE)) \
+		$(if $(HISTOGRAM),--histogram) \
 		|| [ $$? -eq 130 ]  # 130: stopped by Ctrl-C after printing its summary
 
 # `make run` writes its embedded Redis's URL here while it runs; REDIS_URL, if set, wins.

@@ -1,5 +1,5 @@
 """`make bench`: our API side by side with the alternatives, on loopback, in one run.
 
-run.py is the driver; seed_app.py, flask_caching_app.py and floors.py are the baselines,
-each sharing our model, its latency and our Redis server (see baseline.py).
+run.py drives the phases of phases.py against the targets of targets.py: ours and the
+baselines of baselines.py, each on its own free port against one Redis server.
 """
