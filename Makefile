@@ -151,7 +151,7 @@ lock: dev ## Refresh requirements/*.lock from pyproject.toml's ranges (uv pip co
 lint: dev typecheck ## ruff check, ruff format --check, mypy and the import contracts (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-cache
 
 typecheck: dev ## mypy, strict, on the packages, examples, scripts and tests (pyproject.toml)
 	$(BIN)/mypy
@@ -161,5 +161,5 @@ format: dev ## Apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 clean: ## Remove .venv, .run and caches
-	rm -rf $(VENV) .run .pytest_cache .ruff_cache .mypy_cache .hypothesis .import_linter_cache
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache .mypy_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -155,4 +155,4 @@ def test_a_hot_hit_is_counted_and_logged_like_any_answer(
     assert hits() == before + 1
     (record,) = [r for r in caplog.records if r.name == "api.access"]
     assert record.getMessage() == "GET /predict/ETH-EUR 200"
-    assert record.outcome == "hit"
+    assert vars(record)["outcome"] == "hit"
