@@ -4,5 +4,5 @@ The service imports its model by ``MODEL=package.module:attribute`` from its wor
 directory (the repository root, where gunicorn and Celery run), so these need no
 install: ``MODEL=examples.template_model:TemplateModel`` or
 ``MODEL=examples.sklearn_trend.model:SklearnTrendModel``. The contract they follow is
-stated in predictions/model.py and, annotated, in template_model.py.
+stated in predictions/model/contract.py and, annotated, in template_model.py.
 """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from predictions.model.market_data import PriceWindow
+from predictions.model import PriceWindow
 
 RECENT = 5
 

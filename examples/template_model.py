@@ -8,7 +8,7 @@ replace the marked parts, and point the service at it::
 As it stands it is the naive forecast: the price in ``horizon_seconds`` is the last
 price seen. That is a useful baseline to beat, and a model that runs anywhere.
 
-The contract (predictions/model.py states it; the service checks it):
+The contract (predictions/model/contract.py states it; the service checks it):
 
 - ``version``: a non-empty string. Every prediction carries it (``model_version``) and
   so do HTTP validators and rollouts, so change it whenever the answers could change
@@ -38,7 +38,7 @@ import logging
 import math
 from collections.abc import Mapping
 
-from predictions.model.market_data import PriceWindow
+from predictions.model import PriceWindow
 
 log = logging.getLogger(__name__)
 

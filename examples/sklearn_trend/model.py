@@ -34,7 +34,7 @@ import joblib
 import numpy as np
 
 from examples.sklearn_trend.features import FEATURE_NAMES, MIN_PRICES, compute_features
-from predictions.model.market_data import PriceWindow
+from predictions.model import PriceWindow
 
 ARTIFACT_ENV = "SKLEARN_TREND_MODEL_PATH"
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "model.joblib"

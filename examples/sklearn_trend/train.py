@@ -28,7 +28,7 @@ from sklearn.linear_model import Ridge
 
 from examples.sklearn_trend.features import FEATURE_NAMES, MIN_PRICES, MINUTE, compute_features
 from examples.sklearn_trend.model import ARTIFACT_ENV, DEFAULT_ARTIFACT, NAME, artifact_path
-from predictions.model.market_data import SyntheticMarketData
+from predictions.model import SyntheticMarketData
 
 PAIRS = ("BTC-USD", "ETH-EUR", "SOL-USD", "XRP-EUR", "DOGE-USD")
 # Stretches of history are drawn from 2024, never from the clock.

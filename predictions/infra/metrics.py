@@ -79,10 +79,8 @@ COMPUTE_SECONDS = Histogram(
     "Time a model computation took, market data included.",
     buckets=COMPUTE_BUCKETS,
 )
-# The API's revalidations. The metric keeps its first name, which dashboards and
-# docs/operations.md know, although "refresh" now means the worker's only.
 REVALIDATIONS = Counter(
-    "prediction_background_refreshes",
+    "prediction_revalidations",
     "Background recomputations started by the API, by reason (stale, early) and "
     "result (ok, failed, skipped: someone else had it or it was already done).",
     ["reason", "result"],

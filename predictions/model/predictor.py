@@ -112,7 +112,7 @@ class Predictor:
             for pair in windows:
                 failures[pair] = str(self._failed(pair, exc))
             return [], failures
-        # The time one pair cost: what an early refresh of one pair will take.
+        # The time one pair cost: what an early revalidation of one pair will take.
         per_pair = (time.perf_counter() - started) / max(1, len(pairs))
         predictions = []
         for pair in windows:

@@ -34,7 +34,7 @@ SECRET_PATTERNS = {
 }
 
 
-def procfile_commands() -> dict[str, list[str]]:
+def make_run_commands() -> dict[str, list[str]]:
     """What each process of `make run` runs, as argv (scripts/run.py)."""
     from scripts.run import COMMANDS
 

@@ -2,7 +2,7 @@
 
 Docker does not run here, so these tests parse the files and hold them to what the
 deployment relies on: the image is installed by `make install` like a developer's
-checkout, runs as a non-root user and the same commands as the Procfile; Redis is
+checkout, runs as a non-root user and the same commands as `make run`; Redis is
 private, evicts only keys with a TTL and is healthy before anything starts; exactly one
 beat runs; every service has a healthcheck; every variable set is a real setting. The
 optional profiles (the nginx edge cache, Flower) start only when named, and are wired
@@ -33,9 +33,9 @@ from tests.deployment.files import (
     copy_sources,
     dockerignored,
     make_recipes,
+    make_run_commands,
     make_variable,
     nginx_directives,
-    procfile_commands,
     read_dockerfile,
     render_template,
 )
@@ -273,13 +273,13 @@ def test_image_exposes_the_port_it_binds(
     assert exposed == [bind.rpartition(":")[2] for bind in binds]
 
 
-def test_default_command_is_the_api_as_the_procfile_runs_it(
+def test_default_command_is_the_api_as_make_run_runs_it(
     dockerfile: list[Instruction],
 ) -> None:
     cmds = [ins.value for ins in dockerfile if ins.keyword == "CMD"]
     assert len(cmds) == 1
     # Exec form: no shell in between, so gunicorn itself receives SIGTERM.
-    assert json.loads(cmds[0]) == ["gunicorn", "api.wsgi:app"] == procfile_commands()["api"]
+    assert json.loads(cmds[0]) == ["gunicorn", "api.wsgi:app"] == make_run_commands()["api"]
 
 
 # --- .dockerignore --------------------------------------------------------------------
@@ -340,12 +340,12 @@ def test_workers_scale(services: dict[str, dict[str, Any]]) -> None:
     assert not {"container_name", "hostname", "ports"} & set(worker)
 
 
-def test_app_commands_are_the_procfile_commands(services: dict[str, dict[str, Any]]) -> None:
-    procfile = procfile_commands()
+def test_app_commands_are_the_make_run_commands(services: dict[str, dict[str, Any]]) -> None:
+    commands = make_run_commands()
     assert as_argv(services["worker"]["command"])[:4] == ["celery", "-A", "worker", "worker"]
     assert as_argv(services["beat"]["command"])[:4] == ["celery", "-A", "worker", "beat"]
     for name in APP_SERVICES:
-        assert as_argv(services[name]["command"]) == procfile[name]
+        assert as_argv(services[name]["command"]) == commands[name]
 
 
 def test_app_services_share_the_x_app_block(

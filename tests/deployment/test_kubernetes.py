@@ -1,8 +1,8 @@
 """The Kubernetes base (deploy/kubernetes/), validated offline.
 
 Each manifest is checked against the Kubernetes API's own schemas (kubernetes-validate
-ships them, so nothing is fetched), then held to the app it runs: the commands are the
-Procfile's, the probes are real routes of the API, the ports are the ones the settings
+ships them, so nothing is fetched), then held to the app it runs: the commands are
+`make run`'s, the probes are real routes of the API, the ports are the ones the settings
 bind, the grace periods outlast gunicorn's graceful timeout and Celery's hard time
 limit as computed from the same settings, and exactly one beat runs.
 """
@@ -24,7 +24,7 @@ import yaml
 
 from api import create_app
 from predictions.settings import Settings
-from tests.deployment.files import ROOT, SECRET_PATTERNS, procfile_commands
+from tests.deployment.files import ROOT, SECRET_PATTERNS, make_run_commands
 from worker.celery_app import create_celery
 
 BASE = ROOT / "deploy" / "kubernetes"
@@ -88,8 +88,8 @@ def test_every_manifest_is_valid_kubernetes(resource: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_commands_are_the_procfiles(component: str) -> None:
-    assert container(component)["command"] == procfile_commands()[component]
+def test_commands_are_those_of_make_run(component: str) -> None:
+    assert container(component)["command"] == make_run_commands()[component]
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

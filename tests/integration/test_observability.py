@@ -131,7 +131,7 @@ def test_a_refresh_failure_moves_stale_and_age_not_fresh_hits(
     served = "prediction_served_age_seconds"
     aged = total(last, f"{served}_sum") - total(first_stale, f"{served}_sum")
     assert aged > stale_counted * TEST_TTL
-    assert total(last, "prediction_background_refreshes_total", result="failed") >= 1
+    assert total(last, "prediction_revalidations_total", result="failed") >= 1
 
     switch.unlink()  # mended: the background refresh brings it back to fresh
     wait_for(lambda: get(api, f"/predict/{pair}").headers["X-Cache"] == "HIT", 30, what="fresh")

@@ -1,6 +1,6 @@
 """The freshness model through the API, with a controlled clock: every stage of a
 prediction's life (just computed, mid-life, stale within grace, past grace), its
-headers, stale-while-revalidate, stale-if-error and XFetch's early refresh."""
+headers, stale-while-revalidate, stale-if-error and XFetch's early revalidation."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def app(clock: ManualClock, model: SwitchModel) -> Flask:
         simulated_model_latency_seconds=0,
         stale_grace_seconds=GRACE,
         near_cache_seconds=0,
-        # No early refresh unless a test asks for it: the stages must be deterministic.
+        # No early revalidation unless a test asks for it: the stages must be deterministic.
         early_revalidation_beta=0,
         failed_compute_backoff_seconds=5,
     )
@@ -247,7 +247,7 @@ def test_an_early_revalidation_keeps_a_hot_pair_from_ever_going_stale(
     cache.draw = lambda: 0.999  # 1 - draw = 0.001: -log = 6.9, so 6.9 * delta * beta
     client.get("/predict/ETH-EUR")
     computed = model.calls.copy()
-    # Far from expiry: no early refresh even with a small draw.
+    # Far from expiry: no early revalidation even with a small draw.
     clock.instant = START + 1
     assert client.get("/predict/ETH-EUR").headers["X-Cache"] == "HIT"
     _settle(app)
