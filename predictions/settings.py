@@ -474,7 +474,7 @@ class Settings:
                     FutureWarning,
                     stacklevel=2,
                 )
-                raw = env[old]
+                name, raw = old, env[old]  # a bad value names the variable that was set
             if raw is not None and raw.strip() != "":
                 values[field.name] = field.metadata["coerce"](name, raw.strip())
         return cls(**values)  # type: ignore[arg-type]

@@ -200,3 +200,14 @@ def test_every_field_reads_its_variable(field: dataclasses.Field[object]) -> Non
         return
     with pytest.raises(SettingsError, match=f"^{name}: "):
         Settings.from_env({name: "not valid!"})
+
+
+def test_a_renamed_setting_is_read_under_its_old_name_with_a_warning() -> None:
+    with pytest.warns(FutureWarning, match="EARLY_REFRESH_BETA is deprecated: set EARLY_REVAL"):
+        settings = Settings.from_env({"EARLY_REFRESH_BETA": "2.5"})
+    assert settings.early_revalidation_beta == 2.5
+    # Both set: the new name wins, and nothing is said.
+    both = {"EARLY_REFRESH_BETA": "2.5", "EARLY_REVALIDATION_BETA": "0.5"}
+    assert Settings.from_env(both).early_revalidation_beta == 0.5
+    with pytest.raises(SettingsError, match="^EARLY_REFRESH_BETA"), pytest.warns(FutureWarning):
+        Settings.from_env({"EARLY_REFRESH_BETA": "-1"})

@@ -1,12 +1,16 @@
-"""make_redis: explicit bounds on every client, direct or through Sentinel."""
+"""wiring: one place builds a process's objects; make_redis bounds every client."""
 
 from __future__ import annotations
 
+import fakeredis
 import redis
 from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 
+from predictions.cache import Limits, WriteFollower
+from predictions.infra import RedisClock
 from predictions.settings import Settings
-from predictions.wiring import BlockingSentinelConnectionPool, make_redis
+from predictions.wiring import BlockingSentinelConnectionPool, make_redis, wire
+from tests.harness.doubles import HostClock
 
 SENTINELS = {"REDIS_SENTINELS": "s1:26379,s2:26379", "REDIS_SENTINEL_MASTER": "cache"}
 
@@ -50,3 +54,37 @@ def test_an_explicit_url_is_reached_directly_even_with_sentinels() -> None:
     pool = make_redis(settings, "redis://other:6379/1", client_name="test").connection_pool
     assert not isinstance(pool, BlockingSentinelConnectionPool)
     assert pool.connection_kwargs["host"] == "other"
+
+
+def test_one_wiring_shares_one_client_and_one_clock() -> None:
+    client = fakeredis.FakeRedis()
+    wiring = wire(Settings(stale_grace_seconds=7), role="test", redis_client=client)
+    assert isinstance(wiring.clock, RedisClock) and wiring.clock.client is client
+    assert wiring.store.redis is client and wiring.store.clock is wiring.clock
+    assert wiring.store.grace_seconds == 7
+    assert wiring.predictor.clock is wiring.clock
+    assert wiring.pairs == frozenset(Settings().pairs)
+    # A client of the caller's: the write feed is not followed unless asked for.
+    assert not wiring.follow_writes
+
+
+def test_the_cache_is_built_on_first_use_from_the_same_objects() -> None:
+    clock = HostClock()
+    wiring = wire(Settings(), role="test", redis_client=fakeredis.FakeRedis(), clock=clock)
+    assert "cache" not in vars(wiring)  # the worker, which never asks, never holds one
+    cache = wiring.cache
+    assert cache is wiring.cache
+    assert cache.store is wiring.store and cache.predictor is wiring.predictor
+    assert cache.clock is clock and cache.near.clock is clock and cache.breaker.clock is clock
+    assert cache.limits == Limits.from_settings(Settings())
+    assert cache.feed is None
+
+
+def test_following_writes_needs_a_near_cache() -> None:
+    client = fakeredis.FakeRedis()
+    following = wire(Settings(), role="test", redis_client=client, follow_writes=True)
+    assert isinstance(following.cache.feed, WriteFollower)
+    never = wire(
+        Settings(near_cache_seconds=0), role="test", redis_client=client, follow_writes=True
+    )
+    assert never.cache.feed is None
