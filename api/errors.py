@@ -37,7 +37,7 @@ RETRY_AFTER_SECONDS = 1
 
 
 class BadPairRequest(BadRequest):
-    """400: the pair is malformed (predictions.keys.InvalidPair)."""
+    """400: the pair is malformed (predictions.infra.InvalidPair)."""
 
     error_code = "invalid_pair"
 

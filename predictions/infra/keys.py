@@ -50,7 +50,7 @@ def check_version(version: str) -> str:
     return version
 
 
-# The read script (predictions/store.py) builds prediction keys inside Redis, from the
+# The read script (predictions/cache/store.py) builds prediction keys inside Redis, from the
 # active version it reads there, as PREDICTION_PREFIX .. version .. ":" .. pair: the
 # same spelling as prediction_key, which is the one place that defines it.
 PREDICTION_PREFIX = f"{PREFIX}:prediction:"
@@ -92,7 +92,7 @@ def refresh_slot_key(slot: int) -> str:
 
 
 def updates_channel() -> str:
-    """The pub/sub channel of every prediction write (predictions/write_feed.py)."""
+    """The write feed: the pub/sub channel of every prediction write (cache/store.py)."""
     return f"{PREFIX}:updates"
 
 

@@ -1,6 +1,6 @@
 """Where prometheus-client's multiprocess mode keeps each process's metric values.
 
-Kept apart from predictions.metrics on purpose: this must run before anything imports
+Kept apart from predictions.infra.metrics on purpose: this must run before anything imports
 prometheus_client, which picks its storage once, at import.
 """
 
