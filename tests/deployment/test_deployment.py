@@ -15,6 +15,8 @@ import dataclasses
 import json
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -637,3 +639,19 @@ def test_each_lock_pins_every_dependency_within_pyproject_ranges(
     for number, line in enumerate(blocks):
         if "==" in line and not line.startswith((" ", "#")):
             assert blocks[number + 1].strip().startswith("--hash=sha256:"), line
+
+
+def test_gunicorns_master_imports_neither_redis_nor_prometheus_client() -> None:
+    # The master reads gunicorn.conf.py before its gevent workers patch the standard
+    # library (redis-py imports ssl), and before prometheus_client may be imported
+    # (predictions.infra.multiprocess): a fresh interpreter shows what it pulls in.
+    code = (
+        "import runpy, sys; runpy.run_path('gunicorn.conf.py'); "
+        "print(sorted(m for m in ('ssl', 'redis', 'prometheus_client') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": "", "PROMETHEUS_MULTIPROC_DIR": ""},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
