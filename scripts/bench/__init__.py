@@ -1,5 +1,1 @@
-"""`make bench`: our API side by side with the alternatives, on loopback, in one run.
-
-run.py drives the phases of phases.py against the targets of targets.py: ours and the
-baselines of baselines.py, each on its own free port against one Redis server.
-"""
+"""`make bench`: our API against the alternatives (run.py drives phases.py over targets.py)."""

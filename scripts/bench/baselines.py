@@ -1,15 +1,6 @@
-"""The baselines ours is compared with, each an app factory its server imports.
-
-Each reads our settings from the environment (REDIS_URL, PAIRS, PREDICTION_TTL_SECONDS
-as its expiry, SIMULATED_MODEL_LATENCY_SECONDS). Its model run sleeps the model's
-latency and answers a body of our prediction's shape, and prints the line our model
-runs log ("computed prediction pair="), which the driver counts.
-
-    uvicorn --factory scripts.bench.baselines:seed_app
-    gunicorn 'scripts.bench.baselines:flask_caching_app()'   (reads ./gunicorn.conf.py)
-    gunicorn 'scripts.bench.baselines:constant_app()'
-    gunicorn 'scripts.bench.baselines:redis_get_app()'
-"""
+"""The baselines ours is compared with: app factories reading our settings from the
+environment, started by targets.py. A model run sleeps the model's latency, answers a body
+of our prediction's shape and logs the line our model runs log, which the driver counts."""
 
 from __future__ import annotations
 
@@ -25,7 +16,7 @@ from redis.typing import EncodableT
 from predictions.settings import Settings
 from tests.harness.doubles import make_prediction
 
-# HGETALL returns bytes: these fields go back to numbers, the rest stay strings.
+# HGETALL returns strings: these fields go back to numbers.
 NUMBERS = {"predicted_price": float, "horizon_seconds": int, "compute_seconds": float}
 
 
@@ -35,23 +26,22 @@ def compute(settings: Settings, pair: str) -> dict[str, object]:
     time.sleep(settings.simulated_model_latency_seconds)
     print(f"computed prediction pair={pair} by a baseline", flush=True)
     now = time.time()
-    fresh = now + settings.prediction_ttl_seconds
-    found = make_prediction(
-        pair=pair, computed_at=now, fresh_until=fresh, compute_seconds=now - started
-    )
-    return found.to_dict()
+    took, fresh = now - started, now + settings.prediction_ttl_seconds
+    return make_prediction(
+        pair=pair, computed_at=now, fresh_until=fresh, compute_seconds=took
+    ).to_dict()
 
 
 def seed_app() -> FastAPI:
-    """(a) The seed tutorial's cache-aside API, in its style: FastAPI under uvicorn, a
-    Redis hash per pair (HSET, then EXPIRE), computed in the request on a miss, no lock."""
+    """Tutorial-style cache-aside: FastAPI under uvicorn, a Redis hash per pair (HSET,
+    then EXPIRE), computed in the request on a miss, no lock."""
     settings = Settings.from_env()
     cache = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     expiry = max(1, round(settings.prediction_ttl_seconds))
     app = FastAPI()
 
     # A plain `def`: FastAPI runs it in its pool of 40 threads, so up to 40 requests run
-    # the model at once on a cold key, as in the seed.
+    # the model at once on a cold key.
     @app.get("/predict/{pair}", response_model=None)
     def predict(pair: str, response: Response) -> dict[str, object]:
         key = f"bench:seed:{pair}"
@@ -70,8 +60,8 @@ def seed_app() -> FastAPI:
 
 
 def flask_caching_app() -> Flask:
-    """(b) Flask-Caching's @cache.memoize on Redis: two round trips and an unpickling a
-    hit, a computation in the request on a miss, no lock."""
+    """Flask-Caching's @cache.memoize on Redis: two round trips and an unpickling a hit,
+    a computation in the request on a miss, no lock."""
     settings = Settings.from_env()
     app = Flask(__name__)
     app.config.update(CACHE_TYPE="RedisCache", CACHE_REDIS_URL=settings.redis_url)
@@ -92,7 +82,7 @@ def flask_caching_app() -> Flask:
 
 
 def constant_app() -> Flask:
-    """(c) The floor: a Flask view answering a constant prediction body."""
+    """The floor: a Flask view answering a constant prediction body."""
     body = make_prediction(pair=Settings.from_env().pairs[0]).to_json()
     app = Flask(__name__)
     app.get("/predict/<pair>")(lambda pair: FlaskResponse(body, mimetype="application/json"))
@@ -100,7 +90,7 @@ def constant_app() -> Flask:
 
 
 def redis_get_app() -> Flask:
-    """(d) The floor with one Redis GET: the same body, read from Redis by its pair."""
+    """The floor with one Redis GET: the same body, read from Redis by its pair."""
     settings = Settings.from_env()
     cache = redis.Redis.from_url(settings.redis_url)
     # No expiry: the floor measures a GET that always finds its value.

@@ -1,89 +1,72 @@
 """The benchmark's phases: hits and a cold stampede, steady state under expiry, scaling.
 
-Within a phase every target is measured once per round, in an order rotated from one
-round to the next (ABC, BCA, CAB...): a burst of noise on the machine then falls on
-every target alike, and ratios are taken round by round (the median of their ratios).
-Each phase answers plain tables, printed and written to docs/performance.md alike.
+Each round measures every target once, in an order rotated round by round (ABC, BCA...),
+so that noise falls on all alike; ratios are medians of per-round ratios.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from statistics import median
+from typing import TypeVar, cast
 
+import orjson
 from celery import Celery
 
 from beat_schedule import REFRESH_ALL_TASK
+from predictions.infra.keys import prediction_key
 from predictions.settings import DEFAULT_PAIRS, Settings
-from scripts.bench import wrk
-from scripts.bench.targets import (
-    FLASK_CACHING,
-    OURS,
-    OURS_VERSION,
-    SEED,
-    TITLES,
-    StartFailed,
-    Target,
-    connection_split,
-    rss_mib,
-    worker_holding,
-    worker_processes,
-)
+from scripts.bench.targets import COMPUTING, OURS, OURS_VERSION, Broken, Target, rss_mib
+from scripts.bench.wrk import WrkResult, WrkRun
 from tests.harness.load import HOST, burst, read_reply, request_bytes
 from tests.harness.processes import RedisServer, wait_for
-from tests.harness.store import computed_at
 
-COMPUTING = (OURS, FLASK_CACHING, SEED)  # the targets that compute on a miss
-# After a forget, an API process that is not following the write feed keeps its near
-# copy for NEAR_CACHE_SECONDS at most.
+THREADS, CONNECTIONS = 2, 32  # two wrk threads: the load generator shares the 2 cores
+STAMPEDE_CLIENTS = 50
+STEADY_TTL_SECONDS = 5.0  # a seed-style expiry; ours refreshes at a third of it
+# After a forget, an API process not following the write feed keeps its near copy a while.
 COLD_SETTLE_SECONDS = Settings().near_cache_seconds + 0.05
-# Scaling: no beat, a model that takes no time, and an expiry longer than a point takes.
+# Scaling: a model that takes no time, an expiry longer than a point, and an interval
+# longer than a refresh loading the model on a busy machine (late batches are dropped).
 SCALE_SETTINGS = {
-    "SIMULATED_MODEL_LATENCY_SECONDS": "0",
-    "PREDICTION_TTL_SECONDS": "3600",
-    # Batches are dropped once their interval is gone by: on a busy machine a refresh
-    # that loads the model may take longer than the default 20 s.
+    "SIMULATED_MODEL_LATENCY_SECONDS": "0", "PREDICTION_TTL_SECONDS": "3600",
     "REFRESH_INTERVAL_SECONDS": "600",
-}
+}  # fmt: skip
 REFRESH_TIMEOUT_SECONDS = 120
 FILL_DEPTH = 100  # requests pipelined at a time when every worker reads every pair
-
-
-PERCENTILES = ("p50_ms", "p90_ms", "p99_ms")
+PAIRS = DEFAULT_PAIRS  # of the hit and steady phases, and the scaling phase's reference
+FIGURES = ("all", "4", "same 4", "random", "4 loaded")  # of the scaling phase's hits
 T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
 class Table:
-    """A title and rows: Markdown, its columns aligned for the terminal too."""
+    """A title, column names ("a | b") and rows: Markdown, aligned for the terminal too."""
 
     title: str
-    header: Sequence[str]
+    header: str
     rows: Sequence[Sequence[str]]
 
     def markdown(self) -> str:
-        rows = [self.header, ["---"] * len(self.header), *self.rows]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self.header))]
-        return "\n".join(
-            "| "
-            + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-            + " |"
-            for row in rows
-        )
+        names = self.header.split(" | ")
+        rows = [names, ["---"] * len(names), *self.rows]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(names))]
+        cells = ([c.ljust(w) for c, w in zip(row, widths, strict=True)] for row in rows)
+        return "\n".join(f"| {' | '.join(row)} |" for row in cells)
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
     mode: str
     rounds: int  # of the hit phase
-    sequential_seconds: float  # each wrk -t1 -c1 run (hits, and latency when scaling)
-    load_seconds: float  # each wrk -t2 -c32 run (hits, and throughput when scaling)
+    sequential_seconds: float  # each wrk -t1 -c1 run
+    load_seconds: float  # each loaded run of the hit and scaling phases
     steady_rounds: int
     steady_seconds: float
     steady_targets: tuple[str, ...]
@@ -91,15 +74,6 @@ class Plan:
     scale_repeats: int  # timed refreshes at each point
     scale_rounds: int
     targets: tuple[str, ...]
-    # Two wrk threads for two cores: the load generator shares the box with the servers.
-    threads: int = 2
-    connections: int = 32
-    stampede_clients: int = 50
-    steady_ttl_seconds: float = 5.0  # the seed's expiry; ours refreshes at a third of it
-
-
-class Broken(RuntimeError):
-    """A measurement that is not a measurement (errors instead of answers)."""
 
 
 @dataclasses.dataclass
@@ -112,36 +86,27 @@ class Bench:
     run_id: str
     started: list[Target] = dataclasses.field(default_factory=list)
 
-    def target(
-        self, name: str, env: dict[str, str], pairs: Sequence[str] = DEFAULT_PAIRS
-    ) -> Target:
+    def target(self, name: str, env: dict[str, str], pairs: Sequence[str] = PAIRS) -> Target:
         target = Target(name, self.redis_server, self.work_dir, pairs, self.run_id, env)
         self.started.append(target)  # at once, so that a failure still stops it
         return target
 
-    def pairs_file(self, pairs: Sequence[str], name: str) -> Path:
-        path = self.work_dir / name
+    def pairs_file(self, pairs: Sequence[str]) -> Path:
+        path = self.work_dir / f"pairs-{len(pairs)}.txt"
         path.write_text("\n".join(pairs) + "\n")
         return path
 
-    def load(self, target: Target, pairs_file: Path, seconds: float) -> tuple[wrk.WrkResult, str]:
-        """wrk with many connections; the connections per worker, sampled mid-run."""
-        plan = self.plan
-        running = wrk.WrkRun(target.url, pairs_file, plan.threads, plan.connections, seconds)
-        time.sleep(seconds / 2)
-        split = "/".join(map(str, connection_split(target.server.pid, target.port)))
-        return checked(target.title, running.result()), split
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
-def checked(title: str, result: wrk.WrkResult) -> wrk.WrkResult:
-    """The result, unless it got no answers or mostly errors: its figures would lie."""
-    if problem := result.problem():
-        raise Broken(f"{title}: {problem}")
-    return result
+    def run(
+        self, target: Target, file: Path, seconds: float = 0, at_random: bool = False
+    ) -> WrkResult:
+        """wrk -t1 -c1 (no seconds) or loaded; the connections per worker read mid-run."""
+        shape = (THREADS, CONNECTIONS, seconds) if seconds else (1, 1, self.plan.sequential_seconds)
+        running = WrkRun(target.url, file, *shape, random_pairs=at_random)
+        time.sleep(shape[2] / 2)
+        split = target.split()
+        if problem := (result := running.result()).problem():
+            raise Broken(f"{target.title}: {problem}")  # its figures would lie
+        return dataclasses.replace(result, split=split)
 
 
 def rotated(items: Sequence[T], by: int) -> list[T]:
@@ -149,8 +114,8 @@ def rotated(items: Sequence[T], by: int) -> list[T]:
     return [*items[by:], *items[:by]]
 
 
-def median(values: Iterable[float]) -> float:
-    return statistics.median(values)
+def of(results: Sequence[WrkResult], field: str) -> list[float]:
+    return [getattr(result, field) for result in results]
 
 
 def ratio(mine: Sequence[float], theirs: Sequence[float]) -> str:
@@ -163,82 +128,68 @@ def ms(value: float) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
-def each(values: Sequence[float], spec: str = ",.0f") -> str:
+def each(values: Sequence[float | str], spec: str = ",.0f") -> str:
     """Per round (or repeat, or process), in order."""
-    return ", ".join(format(value, spec) for value in values) or "-"
+    return "; ".join(format(value, spec) for value in values) or "-"
 
 
 def hit_phase(bench: Bench) -> list[Table]:
     """Every target with every pair cached: sequential latency, load, then a stampede."""
-    plan, pairs_file = bench.plan, bench.pairs_file(DEFAULT_PAIRS, "pairs.txt")
+    plan, pairs_file = bench.plan, bench.pairs_file(PAIRS)
     # Ours as configured; baselines with an expiry longer than the phase: hits only.
     targets = {
         name: bench.target(name, {} if name == OURS else {"PREDICTION_TTL_SECONDS": "3600"})
         for name in plan.targets
     }
     for target in targets.values():
-        target.start("hits")
-    workers = [f"{name} {t.worker_class}" for name, t in targets.items() if t.worker_class]
-    log("gunicorn workers, as logged: " + ", ".join(workers))
-    seq: dict[str, list[wrk.WrkResult]] = {name: [] for name in targets}
-    load: dict[str, list[wrk.WrkResult]] = {name: [] for name in targets}
-    splits: dict[str, list[str]] = {name: [] for name in targets}
-    cold: dict[str, list[tuple[int, float]]] = {n: [] for n in targets if n in COMPUTING}
+        print(f"{target.start('hits').title}: worker {target.worker_class or '-'}")
+    seq: defaultdict[str, list[WrkResult]] = defaultdict(list)
+    load: defaultdict[str, list[WrkResult]] = defaultdict(list)
+    cold: defaultdict[str, list[tuple[int, float]]] = defaultdict(list)
     for number in range(plan.rounds):
         order = rotated(plan.targets, number)
         for name in order:
-            target = targets[name]
-            target.warm()
-            found = wrk.run(target.url, pairs_file, 1, 1, plan.sequential_seconds)
-            seq[name].append(checked(target.title, found))
-            found, split = bench.load(target, pairs_file, plan.load_seconds)
-            load[name].append(found)
-            splits[name].append(split)
-            log(f"hits {number + 1} {name}: {found}; split {split}; sequential {seq[name][-1]}")
-        for name in (n for n in order if n in cold):
-            cold[name].append(stampede(targets[name], plan.stampede_clients, number))
+            targets[name].warm()
+            seq[name].append(bench.run(targets[name], pairs_file))
+            load[name].append(bench.run(targets[name], pairs_file, plan.load_seconds))
+            print(f"hits {number + 1} {name}: {load[name][-1]}; sequential {seq[name][-1]}")
+        for name in (n for n in order if n in COMPUTING):
+            cold[name].append(stampede(targets[name], number))
     for target in targets.values():
         target.stop()
-
-    hits, by_round = [], []
+    hits = []
     for name in plan.targets:
-        rps, seq_p50 = [r.rps for r in load[name]], [r.p50_ms for r in seq[name]]
-        vs_ours = name != OURS
-        hits.append(
-            [TITLES[name], f"{median(rps):,.0f}"]
-            + [ms(median(getattr(r, f) for r in load[name])) for f in PERCENTILES]
-            + [ms(median(seq_p50))]
-            + [ratio([r.rps for r in load[OURS]], rps) if vs_ours else "-"]
-            + [ratio([r.p50_ms for r in seq[OURS]], seq_p50) if vs_ours else "-"]
-        )
+        rps, seq_p50 = of(load[name], "rps"), of(seq[name], "p50_ms")
+        versus = [ratio(of(load[OURS], "rps"), rps), ratio(of(seq[OURS], "p50_ms"), seq_p50)]
         slowest = f"{min(rps) / median(rps):.2f}x" if len(rps) >= 3 else "-"
-        by_round.append([TITLES[name], each(rps), slowest, "; ".join(splits[name])])
+        hits.append(
+            [targets[name].title, f"{median(rps):,.0f}"]
+            + [ms(median(of(load[name], f"p{p}_ms"))) for p in (50, 90, 99)]
+            + [ms(median(seq_p50)), *(versus if name != OURS else ["-", "-"])]
+            + [each(rps), slowest, each(of(load[name], "split"), "")]
+        )
     stampedes = [
-        [TITLES[name], str(plan.stampede_clients), each([r for r, _ in found], "d")]
+        [targets[n].title, str(STAMPEDE_CLIENTS), each([r for r, _ in found], "d")]
         + [f"{median(s for _, s in found):.2f}"]
-        for name, found in cold.items()
+        for n, found in cold.items()
     ]
     return [
         Table(
             f"Hits, medians of {plan.rounds} round(s)",
-            ["target", "req/s", "p50 ms", "p90 ms", "p99 ms", "sequential p50 ms"]
-            + ["ours / it, req/s", "ours / it, sequential p50"],
+            "target | req/s | p50 ms | p90 ms | p99 ms | sequential p50 ms"
+            " | ours / it, req/s | ours / it, sequential p50 | req/s, round by round"
+            " | slowest / median round | connections per worker, mid-run",
             hits,
         ),
         Table(
-            "Hit throughput round by round",
-            ["target", "req/s", "slowest / median round", "connections per worker, mid-run"],
-            by_round,
-        ),
-        Table(
             "Cold stampede: concurrent requests for one expired pair",
-            ["target", "requests", "model runs, per round", "seconds to the last answer"],
+            "target | requests | model runs, per round | seconds to the last answer",
             stampedes,
         ),
     ]
 
 
-def stampede(target: Target, clients: int, number: int) -> tuple[int, float]:
+def stampede(target: Target, number: int) -> tuple[int, float]:
     """Many concurrent requests for one cold pair: how many model runs did they cost?"""
     pair = target.pairs[0]
     target.make_cold(pair)
@@ -246,175 +197,136 @@ def stampede(target: Target, clients: int, number: int) -> tuple[int, float]:
         time.sleep(COLD_SETTLE_SECONDS)
     before = target.model_runs(pair)
     try:
-        replies = asyncio.run(burst(target.port, f"/predict/{pair}", clients))
+        replies = asyncio.run(burst(target.port, f"/predict/{pair}", STAMPEDE_CLIENTS))
     except (OSError, EOFError, TimeoutError) as exc:
         raise Broken(f"{target.title}: stampede: {exc!r}") from None
     time.sleep(0.2)  # log lines are written before their answers; a moment for the pipe
     runs = target.model_runs(pair) - before
-    answered = sum(reply.status == 200 for reply in replies)
-    if not answered:
+    if not (answered := sum(reply.status == 200 for reply in replies)):
         raise Broken(f"{target.title}: no stampede request was answered 200")
     if runs == 0:  # not broken: beat's refresh may have landed between forget and burst
-        log(f"warning: {target.title}: the stampede ran no model; the pair was not cold")
+        print(f"warning: {target.title}: the stampede ran no model; the pair was not cold")
     seconds = max(reply.seconds for reply in replies)
-    log(
-        f"round {number + 1} {target.name:<14} stampede of {clients}: {runs} model runs, "
-        f"{answered} answered 200, {seconds:.2f} s"
-    )
+    print(f"stampede {number + 1} {target.name}: {runs} model runs, {answered} answered 200")
     return runs, seconds
 
 
 def steady_phase(bench: Bench) -> list[Table]:
     """Load across every pair for a long run while predictions expire and refresh."""
-    plan, pairs_file = bench.plan, bench.pairs_file(DEFAULT_PAIRS, "pairs.txt")
-    ttl = plan.steady_ttl_seconds
+    plan, pairs_file, ttl = bench.plan, bench.pairs_file(PAIRS), STEADY_TTL_SECONDS
     settings = {"PREDICTION_TTL_SECONDS": f"{ttl:g}", "REFRESH_INTERVAL_SECONDS": f"{ttl / 3:.3f}"}
-    targets = {name: bench.target(name, settings) for name in plan.steady_targets}
-    for target in targets.values():
-        target.start("steady")
-    runs: dict[str, list[tuple[wrk.WrkResult, int, str]]] = {name: [] for name in targets}
+    targets = {name: bench.target(name, settings).start("steady") for name in plan.steady_targets}
+    loads: defaultdict[str, list[WrkResult]] = defaultdict(list)
+    computed: defaultdict[str, list[int]] = defaultdict(list)
     for number in range(plan.steady_rounds):
         for name in rotated(plan.steady_targets, number):
-            target = targets[name]
-            target.warm()
-            before = target.model_runs()
-            found, split = bench.load(target, pairs_file, plan.steady_seconds)
-            runs[name].append((found, target.model_runs() - before, split))
-            log(f"steady {number + 1} {name}: {found}; split {split}")
+            targets[name].warm()
+            before = targets[name].model_runs()
+            loads[name].append(bench.run(targets[name], pairs_file, plan.steady_seconds))
+            computed[name].append(targets[name].model_runs() - before)
+            print(f"steady {number + 1} {name}: {loads[name][-1]}")
     for target in targets.values():
         target.stop()
-    rows = []
-    for name, results in runs.items():
-        loads = [r for r, _, _ in results]
-        rows.append(
-            [TITLES[name], f"{median(r.rps for r in loads):,.0f}"]
-            + [ms(median(r.p50_ms for r in loads)), ms(median(r.p99_ms for r in loads))]
-            + [f"{median(r.p99_ms / r.p50_ms for r in loads):.1f}"]
-            + [each([r.misses for r in loads], "d"), each([n for _, n, _ in results], "d")]
-            + [each([r.non_2xx + r.errors for r in loads], "d"), "; ".join(s for *_, s in results)]
-        )
-    header = ["target", "req/s", "p50 ms", "p99 ms", "p99 / p50", "waited for the model"]
-    header += ["model runs in the server", "errors", "connections per worker"]
+    rows = [
+        [targets[name].title, f"{median(of(found, 'rps')):,.0f}"]
+        + [ms(median(of(found, "p50_ms"))), ms(median(of(found, "p99_ms")))]
+        + [f"{median(r.p99_ms / r.p50_ms for r in found):.1f}", each(of(found, "misses"), "d")]
+        + [each(computed[name], "d"), each([r.non_2xx + r.errors for r in found], "d")]
+        + [each(of(found, "split"), "")]
+        for name, found in loads.items()
+    ]
+    header = "target | req/s | p50 ms | p99 ms | p99 / p50 | waited for the model"
+    header += " | model runs in the server | errors | connections per worker"
     return [Table(f"Steady state under load, predictions expiring after {ttl:g} s", header, rows)]
 
 
 def scaling_phase(bench: Bench) -> list[Table]:
-    header = ["pairs", "refresh s", "Redis used MB", "hit p50 ms", "vs 4 pairs"]
-    header += ["vs 4 pairs, same 4 asked", "req/s at random", "4-pair API req/s"]
-    header += ["at random vs 4 pairs", "req/s in turn", "workers that read every pair"]
-    header += ["API worker RSS MiB", "pool RSS MiB"]
+    header = "pairs | refresh s | Redis used MB | hit p50 ms | vs 4 pairs | vs 4 pairs, same 4"
+    header += " asked | req/s at random | 4-pair API req/s | at random vs 4 pairs | req/s in turn"
+    header += " | workers that read every pair | API worker RSS MiB | pool RSS MiB"
     rows = [measure_point(bench, count) for count in bench.plan.scale_points]
     return [Table("Pairs scaling, model latency 0", header, rows)]
 
 
-def scale_pairs(count: int) -> list[str]:
-    """``count`` distinct valid pairs: the default ones first, then P0-USD, P1-USD..."""
-    pairs = list(DEFAULT_PAIRS[:count])
-    return pairs + [f"P{i}-USD" for i in range(count - len(pairs))]
-
-
 def measure_point(bench: Bench, count: int) -> list[str]:
-    """Our stack with ``count`` pairs: refresh times, then hits alternating round by round
-    with an API of the 4 default pairs on the same cache: latency one request at a time
-    (this API over all its pairs, and over those 4), throughput with pairs at random.
-    RSS last, after a load run across every pair in turn."""
-    plan = bench.plan
-    pairs, few = scale_pairs(count), scale_pairs(4)
-    all_file = bench.pairs_file(pairs, f"pairs-{count}.txt")
-    few_file = bench.pairs_file(few, "pairs-4.txt")
+    """Our stack with ``count`` pairs: refresh times, then hits alternating with an API
+    of 4 pairs on the same cache; RSS last, after a load run across every pair in turn."""
+    # The default pairs first, then P0-USD, P1-USD...
+    plan, few = bench.plan, list(PAIRS)
+    pairs = [*few[:count], *(f"P{i}-USD" for i in range(count - len(few)))]
+    all_file, few_file = bench.pairs_file(pairs), bench.pairs_file(few)
     bench.redis_server.client().flushall()
     target = bench.target(OURS, SCALE_SETTINGS, pairs).start(f"scale-{count}", beat=False)
-    # Sequential (latency) and loaded (throughput at random) runs, rotated round by round.
-    jobs = [(target, all_file, "all", False)]
+    # Each job of FIGURES: the API, its pairs, and whether loaded at random (else sequential).
+    jobs: dict[str, tuple[Target, Path, bool]] = {"all": (target, all_file, False)}
     if count > len(few):  # the 4-pair API; the N-pair worker refreshes its pairs too
         reference = bench.target(OURS, SCALE_SETTINGS, few).start(f"{count}-4", worker=False)
-        jobs += [(reference, few_file, "4", False), (target, few_file, "same 4", False)]
-        jobs += [(target, all_file, "random", True), (reference, few_file, "4 loaded", True)]
+        jobs["4"], jobs["same 4"] = (reference, few_file, False), (target, few_file, False)
+        jobs["random"], jobs["4 loaded"] = (target, all_file, True), (reference, few_file, True)
     broker = Settings(redis_url=target.env["REDIS_URL"]).broker_url  # as the worker reads it
     celery = Celery("bench", broker=broker, set_as_current=False)
     celery.conf.broker_connection_retry_on_startup = True
+    found: defaultdict[str, list[WrkResult]] = defaultdict(list)
     try:
         timed_refresh(celery, target)  # the first also loads the model in every pool process
         refreshes = [timed_refresh(celery, target) for _ in range(plan.scale_repeats)]
         used_mb = int(bench.redis_server.client().info("memory")["used_memory"]) / 1e6
         filling = time.perf_counter()
         filled = f"{asyncio.run(fill(target, pairs))} in {time.perf_counter() - filling:.1f} s"
-        for api in {job[0] for job in jobs} - {target}:
-            asyncio.run(fill(api, few))
-        found: dict[str, list[wrk.WrkResult]] = {key: [] for _, _, key, _ in jobs}
+        if count > len(few):
+            asyncio.run(fill(reference, few))
         for number in range(plan.scale_rounds):
-            for api, file, key, loaded in rotated(jobs, number):
-                shape = (plan.threads, plan.connections, plan.load_seconds)
-                threads, connections, seconds = shape if loaded else (1, 1, plan.sequential_seconds)
-                result = wrk.run(api.url, file, threads, connections, seconds, random_pairs=loaded)
-                found[key].append(checked(api.title, result))
-        in_turn, _ = bench.load(target, all_file, plan.load_seconds)
-        api_rss, pool_rss = (
-            rss_mib(target.server.pid),
-            rss_mib(target.worker.pid) if target.worker else [],
-        )
+            for key, (api, file, loaded) in rotated(list(jobs.items()), number):
+                seconds = plan.load_seconds if loaded else 0
+                found[key].append(bench.run(api, file, seconds, at_random=loaded))
+        in_turn = bench.run(target, all_file, plan.load_seconds)
+        api_rss = rss_mib(target.server.pid)
+        pool_rss = rss_mib(target.worker.pid) if target.worker else []
     finally:
         celery.close()
-        for api in {job[0] for job in jobs}:
+        for api, _, _ in jobs.values():
             api.stop()
-    p50s = {key: [r.p50_ms for r in results] for key, results in found.items()}
-    rps = {key: [r.rps for r in results] for key, results in found.items()}
-    row = [f"{count:,}", each(refreshes, ".3f"), f"{used_mb:.2f}", ms(median(p50s["all"]))]
-    row += [ratio(p50s["all"], p50s.get("4", [])), ratio(p50s.get("same 4", []), p50s.get("4", []))]
-    row += [each(rps.get("random", [])), each(rps.get("4 loaded", []))]
-    row += [ratio(rps.get("random", []), rps.get("4 loaded", [])), f"{in_turn.rps:,.0f}", filled]
-    row += [each(api_rss, ".0f"), each(pool_rss, ".0f")]
-    log(f"scale {count:>6} pairs: " + "  ".join(row[1:]))
+    p50, rps = ({k: of(found[k], f) for k in FIGURES} for f in ("p50_ms", "rps"))
+    row = [f"{count:,}", each(refreshes, ".3f"), f"{used_mb:.2f}", ms(median(p50["all"]))]
+    row += [ratio(p50["all"], p50["4"]), ratio(p50["same 4"], p50["4"]), each(rps["random"])]
+    row += [each(rps["4 loaded"]), ratio(rps["random"], rps["4 loaded"]), f"{in_turn.rps:,.0f}"]
+    row += [filled, each(api_rss, ".0f"), each(pool_rss, ".0f")]
+    print(f"scale {count:>6} pairs: " + "  ".join(row[1:]))
     return row
 
 
 def timed_refresh(celery: Celery, target: Target) -> float:
     """Seconds from sending refresh_all, as beat would, to the last pair's computed_at."""
-    cache = target.redis
-    # The cache's database only (the broker's is another). This clears the interval's
-    # refresh slot too, so that this refresh_all is not skipped as a second one.
-    cache.flushdb()
+    target.redis.flushdb()  # the cache's, with the interval's slot: this run is not skipped
     sent = time.time()
     celery.send_task(REFRESH_ALL_TASK, expires=REFRESH_TIMEOUT_SECONDS)
-    # DBSIZE is O(1): polled until the refresh could be done, without stealing the CPU
-    # the worker is measured on; then every pair's stamp is read back.
-    what = f"refresh of {len(target.pairs)} pairs"
-    wait_for(lambda: cache.dbsize() >= len(target.pairs), REFRESH_TIMEOUT_SECONDS, 0.005, what)
-    stamps: dict[str, str] = {}
-
-    def stamped() -> bool:
-        for pair in (p for p in target.pairs if p not in stamps):
-            if (found := computed_at(cache, pair, OURS_VERSION)) is None:
-                return False
-            stamps[pair] = found
-        return True
-
-    wait_for(stamped, REFRESH_TIMEOUT_SECONDS, 0.05, what)
-    return max(datetime.fromisoformat(s).timestamp() for s in stamps.values()) - sent
+    # DBSIZE is O(1): polled without stealing the worker's CPU; then MGET of every pair.
+    keys = [prediction_key(pair, OURS_VERSION) for pair in target.pairs]
+    what = f"refresh of {len(keys)} pairs"
+    wait_for(lambda: target.redis.dbsize() >= len(keys), REFRESH_TIMEOUT_SECONDS, 0.005, what)
+    every_pair = lambda: all(found := target.redis.mget(keys)) and found  # noqa: E731
+    stored = cast(list[bytes], wait_for(every_pair, REFRESH_TIMEOUT_SECONDS, 0.05, what))
+    last = max(orjson.loads(value)["computed_at"] for value in stored)
+    return datetime.fromisoformat(last).timestamp() - sent
 
 
 async def fill(target: Target, pairs: Sequence[str]) -> int:
-    """Have every API worker process serve every pair; return how many workers did.
-
-    A process keeps a near copy current from the write feed only once it read the pair
-    itself, so with N pairs a worker answers every pair from memory only after it was
-    asked for each, as under random clients in time. Here at once, on one keep-alive
-    connection per worker (found in the kernel's socket table), FILL_DEPTH requests
-    pipelined at a time, so that its RSS read later is its whole cost of N pairs.
-    """
-    server = target.server.pid
-    workers = len(worker_processes(server))
+    """Have every API worker process serve every pair, as random clients would in time
+    (a near copy follows the write feed once its process read the pair), on a connection
+    pinned to each worker: its RSS is then its whole cost of N pairs. How many did."""
+    workers = len(target.connections())
     held: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
     for _ in range(20 * workers):
         if len(held) == workers:
             break
         reader, writer = await asyncio.open_connection(HOST, target.port)
-        await ask(target, reader, writer, [pairs[0]])  # answered: accepted by a worker
-        pid = worker_holding(server, target.port, writer.get_extra_info("sockname")[1])
-        if pid is None or pid in held:
-            writer.close()
-        else:
+        await ask(target, reader, writer, pairs[:1])  # answered: accepted by a worker
+        mine, tcp = writer.get_extra_info("sockname")[1], target.connections()
+        pid = next((p for p in tcp if any(c.raddr and c.raddr.port == mine for c in tcp[p])), 0)
+        if pid and pid not in held:
             held[pid] = (reader, writer)
+        else:
+            writer.close()
     await asyncio.sleep(0.5)  # a process subscribes to the write feed on its first request
 
     async def walk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -436,6 +348,5 @@ async def ask(
     writer.write(b"".join(request_bytes(f"/predict/{pair}", keep_alive=True) for pair in pairs))
     await writer.drain()
     for _ in pairs:
-        reply = await read_reply(reader, time.perf_counter())
-        if reply.status != 200:
-            raise StartFailed(f"{target.title}: answered {reply.status} while filling")
+        if (reply := await read_reply(reader, time.perf_counter())).status != 200:
+            raise Broken(f"{target.title}: answered {reply.status} while filling")

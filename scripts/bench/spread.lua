@@ -1,10 +1,7 @@
--- wrk script for `make bench`: spread GET /predict/<pair> over every pair named in a
--- file (one a line, passed after `--`), and count the answers that waited for the model
--- (X-Cache: MISS) and the ones that were not 2xx. done() prints one JSON line, which
--- scripts/bench/wrk.py parses: wrk's own text report rounds its figures.
---
--- Pairs are asked in turn, or, with `random` after the file's name, each request picks
--- one at random (uniformly): with 10,000 pairs, no pattern a cache could ride on.
+-- wrk script for `make bench`: GET /predict/<pair> over the pairs of a file (one a line,
+-- after `--`), in turn or, with `random` after it, at random (no pattern to ride on);
+-- done() prints one JSON line for scripts/bench/wrk.py (wrk's own report rounds), with
+-- the answers that waited for the model (X-Cache: MISS) and those that were not 2xx.
 
 local threads = {}
 
@@ -17,8 +14,7 @@ function init(args)
   local file = assert(io.open(args[1], "r"), "cannot open the pairs file " .. tostring(args[1]))
   requests_ = {}
   for line in file:lines() do
-    if line ~= "" then
-      -- Formatted once: request() then costs a table lookup, not string work.
+    if line ~= "" then  -- formatted once: request() is then a table lookup
       table.insert(requests_, wrk.format("GET", "/predict/" .. line))
     end
   end
@@ -29,8 +25,7 @@ function init(args)
   -- Each thread its own start and sequence: threads neither walk in step nor draw alike.
   math.randomseed(os.time() + id * 7919)
   next_ = (id * 7919) % #requests_
-  misses = 0
-  non2xx = 0
+  misses, non2xx = 0, 0
 end
 
 function request()
@@ -46,8 +41,7 @@ function response(status, headers, body)
     non2xx = non2xx + 1
   end
   -- Header names arrive as the server spelled them (uvicorn sends them lower case).
-  local cache = headers["X-Cache"] or headers["x-cache"]
-  if cache == "MISS" then
+  if (headers["X-Cache"] or headers["x-cache"]) == "MISS" then
     misses = misses + 1
   end
 end

@@ -1,8 +1,5 @@
-"""wrk, the load generator: one run against one target, and its result read back.
-
-Standard library only, so that tests/scripts/test_bench.py checks the parsing without
-the `bench` extra.
-"""
+"""wrk, the load generator: one run against one target, and its result read back
+(standard library only: tests/scripts/test_bench.py needs no `bench` extra)."""
 
 from __future__ import annotations
 
@@ -39,6 +36,7 @@ class WrkResult:
     misses: int  # answers with X-Cache: MISS, which waited for the model
     non_2xx: int
     errors: int  # connect, read and write errors, and timeouts
+    split: str = ""  # established connections per worker process, read mid-run
 
     @property
     def rps(self) -> float:
@@ -54,8 +52,8 @@ class WrkResult:
 
     def __str__(self) -> str:
         return (
-            f"{self.rps:,.0f} req/s, p50 {self.p50_ms:.3f} ms, p99 {self.p99_ms:.3f} ms, "
-            f"waited for the model {self.misses}, not 2xx {self.non_2xx}, errors {self.errors}"
+            f"{self.rps:,.0f} req/s, p50 {self.p50_ms:.3f} ms, p99 {self.p99_ms:.3f} ms, misses "
+            f"{self.misses}, not 2xx {self.non_2xx}, errors {self.errors}, split {self.split}"
         )
 
 
@@ -66,23 +64,16 @@ def parse_output(text: str) -> WrkResult:
         raise WrkError(f"expected one {RESULT_PREFIX.strip()} line, found {len(lines)}")
     try:
         data = json.loads(lines[0][len(RESULT_PREFIX) :])
-        latency = data["latency_us"]
+        p50, p90, p99 = (data["latency_us"][p] / 1000 for p in ("p50", "p90", "p99"))
         result = WrkResult(
-            requests=int(data["requests"]),
-            seconds=int(data["duration_us"]) / 1e6,
-            p50_ms=latency["p50"] / 1000,
-            p90_ms=latency["p90"] / 1000,
-            p99_ms=latency["p99"] / 1000,
-            misses=int(data["misses"]),
-            non_2xx=int(data["non2xx"]),
-            errors=int(data["errors"]),
-        )
+            int(data["requests"]), int(data["duration_us"]) / 1e6, p50, p90, p99,
+            int(data["misses"]), int(data["non2xx"]), int(data["errors"]),
+        )  # fmt: skip
     except (ValueError, KeyError, TypeError) as exc:
         raise WrkError(f"unreadable wrk result {lines[0]!r}: {exc!r}") from None
     if result.seconds <= 0 or result.requests < 0:
         raise WrkError(f"impossible wrk result {lines[0]!r}")
-    reported = _RPS_LINE.search(text)
-    if reported is None:
+    if (reported := _RPS_LINE.search(text)) is None:
         raise WrkError("no Requests/sec line in wrk's output")
     if abs(float(reported.group(1)) - result.rps) > max(1.0, 0.01 * result.rps):
         raise WrkError(f"wrk reports {reported.group(1)} requests/s, the script {result.rps:.2f}")
@@ -90,36 +81,28 @@ def parse_output(text: str) -> WrkResult:
 
 
 def find_wrk() -> str:
-    found = shutil.which("wrk")
-    if found is None:
+    if (found := shutil.which("wrk")) is None:
         raise WrkError("wrk is not installed: run `make wrk` as root, or apt-get install wrk")
     return found
 
 
 class WrkRun:
-    """wrk running in the background, so that the caller can probe servers meanwhile.
-
-    Requests go round the pairs file's pairs in turn, or pick one at random each time.
-    """
+    """wrk in the background (the caller probes servers meanwhile), asking the file's
+    pairs in turn or at random."""
 
     def __init__(
-        self,
-        url: str,
-        pairs_file: Path,
-        threads: int,
-        connections: int,
-        seconds: float,
+        self, url: str, pairs_file: Path, threads: int, connections: int, seconds: float,
         random_pairs: bool = False,
-    ) -> None:
+    ) -> None:  # fmt: skip
         host = urllib.parse.urlsplit(url).hostname or ""
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"the benchmark loads loopback addresses only, not {host!r}")
         self.seconds = max(1, round(seconds))
-        self.argv = [find_wrk(), f"-t{threads}", f"-c{connections}", f"-d{self.seconds}s"]
-        self.argv += [f"--timeout={REQUEST_TIMEOUT_SECONDS}s", f"--script={LUA_SCRIPT}", url]
-        self.argv += ["--", str(pairs_file), *(["random"] if random_pairs else [])]
+        argv = [find_wrk(), f"-t{threads}", f"-c{connections}", f"-d{self.seconds}s"]
+        argv += [f"--timeout={REQUEST_TIMEOUT_SECONDS}s", f"--script={LUA_SCRIPT}", url]
+        argv += ["--", str(pairs_file), *(["random"] if random_pairs else [])]
         self.popen = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
 
     def result(self) -> WrkResult:
@@ -134,15 +117,3 @@ class WrkRun:
         if self.popen.returncode != 0:
             raise WrkError(f"wrk exited {self.popen.returncode}: {text[-500:]}")
         return parse_output(text)
-
-
-def run(
-    url: str,
-    pairs_file: Path,
-    threads: int,
-    connections: int,
-    seconds: float,
-    random_pairs: bool = False,
-) -> WrkResult:
-    """One bounded wrk run."""
-    return WrkRun(url, pairs_file, threads, connections, seconds, random_pairs).result()

@@ -21,12 +21,13 @@ import pytest
 
 from scripts.bench import wrk
 from scripts.bench.phases import Table, ask, ratio, rotated
+from scripts.bench.run import REPORT, TABLES_BELOW
 from scripts.bench.targets import (
     FLASK_CACHING,
     FLOOR,
     FLOOR_GET,
     OURS,
-    StartFailed,
+    Broken,
     base_env,
     gunicorn_argv,
 )
@@ -86,7 +87,7 @@ def test_wrk_loads_loopback_only(tmp_path: Path) -> None:
 
 
 def test_tables_are_aligned_markdown() -> None:
-    table = Table("hits", ["target", "req/s"], [["ours", "3,495"], ["seed-style FastAPI", "864"]])
+    table = Table("hits", "target | req/s", [["ours", "3,495"], ["seed-style FastAPI", "864"]])
     assert table.markdown().splitlines() == [
         "| target             | req/s |",
         "| ---                | ---   |",
@@ -100,6 +101,11 @@ def test_ratios_are_medians_of_per_round_ratios() -> None:
     assert ratio([200, 100, 210], [100, 50, 105]) == "2.00x"
     assert ratio([], []) == "-"
     assert rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
+
+
+def test_the_report_states_its_goals_above_what_make_bench_rewrites() -> None:
+    prose, marker, _ = REPORT.read_text().partition(TABLES_BELOW)
+    assert marker and "## Goals" in prose and "## How it is measured" in prose
 
 
 def test_baselines_run_gthread_and_ours_runs_its_config_as_shipped() -> None:
@@ -146,7 +152,7 @@ def test_filling_reads_every_pipelined_answer(statuses: list[int], error: str | 
         if error is None:
             asyncio.run(fill())
         else:
-            with pytest.raises(StartFailed, match=error):
+            with pytest.raises(Broken, match=error):
                 asyncio.run(fill())
     finally:
         thread.join(5)
@@ -209,7 +215,7 @@ def test_spread_lua_counts_misses_through_real_wrk(stub_api: str, tmp_path: Path
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("ETH-EUR\nBTC-EUR\n")
     _StubAPI.served = 0
-    result = wrk.run(stub_api, pairs, threads=1, connections=1, seconds=1)
+    result = wrk.WrkRun(stub_api, pairs, threads=1, connections=1, seconds=1).result()
     assert result.requests > 10
     assert result.non_2xx == 0  # every request went to /predict/<pair>
     # Every third answer said MISS (the stub may have answered one more than wrk counted).
@@ -224,14 +230,7 @@ def test_spread_lua_asks_pairs_in_turn_or_at_random(
     pairs = [f"P{i}-USD" for i in range(50)]
     (tmp_path / "pairs.txt").write_text("\n".join(pairs) + "\n")
     _StubAPI.paths = []
-    wrk.run(
-        stub_api,
-        tmp_path / "pairs.txt",
-        threads=1,
-        connections=1,
-        seconds=1,
-        random_pairs=random_pairs,
-    )
+    wrk.WrkRun(stub_api, tmp_path / "pairs.txt", 1, 1, 1, random_pairs=random_pairs).result()
     asked = [path.removeprefix("/predict/") for path in _StubAPI.paths]
     assert len(asked) > 100
     assert set(asked) == set(pairs)  # every pair asked, and nothing else
