@@ -78,6 +78,7 @@ def assert_every_pair_refreshed(client: redis.Redis, *processes: Process) -> Non
         assert process.running(), process.output()[-2000:]
 
 
+@pytest.mark.serial  # an Erlang node is heavy to boot beside others: alone, last
 def test_worker_and_beat_on_rabbitmq_refresh_every_pair(
     start: ProcessFactory, redis_server: RedisServer, rabbitmq: RabbitMQServer
 ) -> None:
