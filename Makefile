@@ -62,7 +62,7 @@ define two_passes
 	exit $$status
 endef
 
-test: dev ## Run the whole suite: unit and integration tests (real Redis, Celery, gunicorn); ~6 min
+test: dev ## Run the whole suite: unit and integration tests (real Redis, Celery, gunicorn)
 	$(call two_passes,,)
 
 # The fast tests: no network, no servers (tests/scripts and tests/deployment too).
