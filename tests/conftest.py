@@ -18,6 +18,11 @@ _BEFORE = pytest.StashKey[dict[str, tuple[int, int]]]()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    # Under pytest-xdist, the controlling process alone: its session spans every
+    # worker's (it starts before they do and ends after), and a worker that finishes
+    # first would otherwise judge files another worker's test has not yet removed.
+    if hasattr(session.config, "workerinput"):
+        return
     session.stash[_BEFORE] = snapshot(ROOT)
 
 

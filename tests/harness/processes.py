@@ -62,8 +62,10 @@ class Process:
         self.env = dict(env)
         self.log_path = log_dir / f"{name}.log"
         self.popen: subprocess.Popen[bytes] | None = None
+        self.terminated = False  # sent SIGTERM by terminate(), not yet waited for
 
     def start(self) -> Process:
+        self.terminated = False
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
             self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -83,12 +85,20 @@ class Process:
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting, so that several processes shut down side by side;
+        stop() then waits for it."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            self.terminated = True
+
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL to the whole group if it does not exit in time."""
         if self.popen is None:
             return None
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+            if not self.terminated:
+                self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:

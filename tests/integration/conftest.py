@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import urllib3
 
+from tests.harness.http import HTTP
 from tests.harness.ports import free_port
 from tests.harness.processes import (
     BIN,
@@ -98,5 +99,11 @@ def start(tmp_path: Path, service_env: dict[str, str]) -> Iterator[ProcessFactor
         return process
 
     yield _start
+    # The suite's keep-alive connections closed first: gunicorn's gevent workers wait
+    # for open ones up to their graceful timeout (10 s) before they exit. Then every
+    # process is sent SIGTERM at once, so their shutdowns overlap instead of adding up.
+    HTTP.clear()
+    for process in reversed(started):
+        process.terminate()
     for process in reversed(started):
         process.stop()

@@ -136,6 +136,7 @@ WARM_PAIR = "SOL-EUR"
 MODEL_LATENCY = 1.0
 
 
+@pytest.mark.serial  # a p99 bound: run alone, after the rest
 def test_stampede_computes_each_pair_once_answers_everyone_and_hits_stay_fast(
     start: ProcessFactory,
 ) -> None:

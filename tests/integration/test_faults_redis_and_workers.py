@@ -130,6 +130,7 @@ def run_redis_fault(
     assert process_tree(api, worker, beat) == before, "a process was restarted"
 
 
+@pytest.mark.serial  # latency bounds: run alone, after the rest
 def test_redis_killed_for_ten_seconds_under_load(
     start: ProcessFactory, redis_server: RedisServer
 ) -> None:
@@ -142,6 +143,7 @@ def test_redis_killed_for_ten_seconds_under_load(
     run_redis_fault(start, redis_server, killed)
 
 
+@pytest.mark.serial  # latency bounds: run alone, after the rest
 def test_redis_frozen_for_ten_seconds_under_load(
     start: ProcessFactory, redis_server: RedisServer
 ) -> None:
@@ -153,6 +155,7 @@ def test_redis_frozen_for_ten_seconds_under_load(
     run_redis_fault(start, redis_server, frozen)
 
 
+@pytest.mark.serial  # latency bounds: run alone, after the rest
 def test_a_frozen_redis_blocks_default_clients_but_not_make_redis(
     redis_server: RedisServer,
 ) -> None:
@@ -232,6 +235,9 @@ def busy_pool_process(worker: Process) -> int | None:
     return None
 
 
+# Ages judged to the second against FRESHNESS_BOUND, from a new worker's first refresh on:
+# run alone (`make test`'s serial pass), where no neighbour slows that refresh.
+@pytest.mark.serial
 def test_killed_pool_process_and_worker_keep_predictions_fresh(
     start: ProcessFactory, redis_server: RedisServer
 ) -> None:

@@ -19,10 +19,14 @@ pytestmark = pytest.mark.integration
 
 MAX_REQUESTS = 20
 RECYCLES = 4
-# Bounds on the loop: a gevent worker finishes its current second before it restarts,
-# so recycles are counted as they happen rather than inferred from the request count.
-MOST_REQUESTS = 3000
-MOST_SECONDS = 90
+# The load runs until the recycles have happened, bounded in time and in count. A
+# gevent worker past max_requests keeps serving for up to a second before it exits,
+# and its replacement takes a second or more to boot, so how many requests the
+# recycles take depends on how fast this machine answers (3,000 were not enough where
+# a request took under 3 ms): the count bound is far past any machine's, only a
+# safeguard; the time bound is the one meant to end a broken run.
+MOST_REQUESTS = 200_000
+MOST_SECONDS = 120
 KINDS = {"HIT": "hit", "STALE": "stale"}
 
 
@@ -58,6 +62,7 @@ def test_recycled_workers_leave_a_bounded_directory_and_exact_totals(
         assert response.status == 200
         seen[response.headers["X-Cache"]] += 1
         largest = max(largest, len(list(metrics_dir.glob("*.db"))))
+        # Checked every few requests: reading the whole log on each one would be slow.
         if number % 20 == 0 and (
             api.count("Booting worker") >= 2 + RECYCLES or time.monotonic() > deadline
         ):

@@ -31,6 +31,9 @@ OLD = LogLinearTrendModel.version
 NEW_MODEL = "examples.template_model:TemplateModel"
 NEW = "naive-last-price-1"
 HTTP = urllib3.PoolManager(maxsize=16, retries=False, timeout=urllib3.Timeout(total=10))
+# Answers each phase of the rollout test waits for: three phases of them make the
+# more than 200 it asserts.
+PHASE_ANSWERS = 70
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +120,9 @@ def sklearn_model(tmp_path: Path) -> tuple[dict[str, str], str]:
     return {"SKLEARN_TREND_MODEL_PATH": str(artifact)}, version[1]
 
 
+# Zero stale answers under load through two `make` runs that load scikit-learn: run
+# alone (`make test`'s serial pass), where no neighbour slows the worker past the TTL.
+@pytest.mark.serial
 def test_rollout_and_rollback_of_the_example_model_under_load_miss_nothing(
     start: ProcessFactory,
     redis_server: RedisServer,
@@ -144,13 +150,26 @@ def test_rollout_and_rollback_of_the_example_model_under_load_miss_nothing(
     for thread in threads:
         thread.start()
     try:
+        # Each phase lasts its stated time, and until it has had its share of the
+        # requests counted below: a slow machine takes longer, it does not fail.
         time.sleep(1.5)
+        wait_for(lambda: len(seen) >= PHASE_ANSWERS, 60, what="load before the rollout")
         # The pinned version, as the example's README says to roll it out.
         model = f"MODEL=examples.sklearn_trend.model:{new}"
         rolled = _make("rollout", {**service_env, **env}, model)
         time.sleep(2 * TEST_REFRESH + 1)
+        wait_for(
+            lambda: sum(1 for s in seen if s.sent > rolled[1]) >= PHASE_ANSWERS,
+            60,
+            what="load after the rollout",
+        )
         rolled_back = _make("rollback", {**service_env, **env})
         time.sleep(1.5)
+        wait_for(
+            lambda: sum(1 for s in seen if s.sent > rolled_back[1]) >= PHASE_ANSWERS,
+            60,
+            what="load after the rollback",
+        )
     finally:
         stop.set()
         for thread in threads:
@@ -163,10 +182,7 @@ def test_rollout_and_rollback_of_the_example_model_under_load_miss_nothing(
     stale = [
         (round(s.sent - rolled[0], 2), s.versions) for s in seen if set(s.cache) - {"HIT", "fresh"}
     ]
-    Path("/tmp/worker_debug.log").write_text(
-        worker.output() + f"\n{rolled} {rolled_back} {stale[:3]}"
-    )
-    assert not stale, stale[:5]
+    assert not stale, (stale[:5], worker.output()[-3000:])
     _check_switch(after_rollout, *rolled, OLD, new)
     _check_switch(after_rollback, *rolled_back, new, OLD)
     client = redis_server.client()

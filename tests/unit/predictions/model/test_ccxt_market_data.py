@@ -360,6 +360,9 @@ def test_threads_missing_the_same_pair_at_once_fetch_it_once(
     assert kraken.count("/0/public/AssetPairs") == 1
 
 
+# The gaps are measured where the fake exchange receives each request, to 10 ms: run
+# alone (`make test`'s serial pass), where no neighbour delays one arrival and not the next.
+@pytest.mark.serial
 def test_the_rate_limiter_spaces_requests(kraken: KrakenFixtures) -> None:
     market_data = _market_data(kraken, rate_limit_ms=100)
     market_data.prefetch(PAIRS, NOW)
