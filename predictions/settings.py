@@ -468,13 +468,16 @@ class Settings:
             name = field.name.upper()
             raw = env.get(name)
             old = RENAMED.get(name)
-            if old is not None and env.get(old, "").strip() and not (raw or "").strip():
-                warnings.warn(
-                    f"{old} is deprecated: set {name} instead (read until {RENAMED_UNTIL})",
-                    FutureWarning,
-                    stacklevel=2,
-                )
-                name, raw = old, env[old]  # a bad value names the variable that was set
+            if old is not None and env.get(old, "").strip():
+                if (raw or "").strip():
+                    warnings.warn(f"{old} is ignored: {name} is set", FutureWarning, stacklevel=2)
+                else:
+                    warnings.warn(
+                        f"{old} is deprecated: set {name} instead (read until {RENAMED_UNTIL})",
+                        FutureWarning,
+                        stacklevel=2,
+                    )
+                    name, raw = old, env[old]  # a bad value names the variable that was set
             if raw is not None and raw.strip() != "":
                 values[field.name] = field.metadata["coerce"](name, raw.strip())
         return cls(**values)  # type: ignore[arg-type]

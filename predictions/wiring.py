@@ -115,12 +115,31 @@ class Wiring:
     settings: Settings
     redis: redis.Redis
     clock: Clock
-    predictor: Predictor
     store: PredictionStore
     pairs: frozenset[str]
+    # A predictor handed over (tests); else built from the settings on first use, so
+    # that beat and the tools, which never compute, never load market data (ccxt).
+    given_predictor: Predictor | None = None
     # For the cache only: how it runs the model, and whether it follows the write feed.
     offload: Offload[object] = run_here
     follow_writes: bool = False
+
+    @functools.cached_property
+    def predictor(self) -> Predictor:
+        """The predictor, with a catalog that builds MODEL on first need."""
+        if self.given_predictor is not None:
+            return self.given_predictor
+        settings = self.settings
+        return Predictor(
+            models=ModelCatalog(settings.model),
+            market_data=build_market_data(
+                settings.market_data, settings.market_data_timeout_seconds, self.clock
+            ),
+            horizon_seconds=settings.prediction_horizon_seconds,
+            ttl_seconds=settings.prediction_ttl_seconds,
+            simulated_latency_seconds=settings.simulated_model_latency_seconds,
+            clock=self.clock,
+        )
 
     @functools.cached_property
     def cache(self) -> PredictionCache:
@@ -162,34 +181,23 @@ def wire(
     """Build a process's objects from ``settings``; tests pass their own client, clock
     or predictor. ``role`` names the process to Redis (CLIENT LIST).
 
-    The clock is Redis's, as this process measures it. The model is not built here:
-    its catalog builds it on first need (the API asks at start, the worker in the
+    The clock is Redis's, as this process measures it. The predictor is built on first
+    use, and its model on first need (the API asks at start, the worker in the
     background). ``follow_writes`` defaults to NEAR_CACHE_FOLLOWS_WRITES when the client
     is made here, and to off for a client of the caller's.
     """
     client = redis_client or make_redis(settings, client_name=f"prediction-cache-{role}")
     if clock is None:
         clock = process_clock(client)
-    if predictor is None:
-        predictor = Predictor(
-            models=ModelCatalog(settings.model),
-            market_data=build_market_data(
-                settings.market_data, settings.market_data_timeout_seconds, clock
-            ),
-            horizon_seconds=settings.prediction_horizon_seconds,
-            ttl_seconds=settings.prediction_ttl_seconds,
-            simulated_latency_seconds=settings.simulated_model_latency_seconds,
-            clock=clock,
-        )
     if follow_writes is None:
         follow_writes = redis_client is None and settings.near_cache_follows_writes
     return Wiring(
         settings=settings,
         redis=client,
         clock=clock,
-        predictor=predictor,
         store=PredictionStore(client, clock, grace_seconds=settings.stale_grace_seconds),
         pairs=frozenset(settings.pairs),
+        given_predictor=predictor,
         offload=offload,
         follow_writes=follow_writes,
     )

@@ -29,8 +29,8 @@ from predictions.cache import Outcome
 
 # The X-Cache values of an answer with a prediction: HIT, STALE, MISS.
 PREDICTIONS = tuple(dict.fromkeys(outcome.header for outcome in Outcome if outcome.header))
-LETTERS = {"HIT": "H", "STALE": "S", "MISS": "M"}  # anything else is an error: E
-ROWS = {"HIT": "hits", "STALE": "stale", "MISS": "misses"}
+LETTERS = {kind: kind[0] for kind in PREDICTIONS}  # H, S, M; anything else is an error: E
+ROWS = dict(zip(PREDICTIONS, ("hits", "stale", "misses"), strict=True))
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:

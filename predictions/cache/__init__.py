@@ -24,17 +24,10 @@ from predictions.cache.read_through import (
     Unavailable,
     run_here,
 )
-from predictions.cache.store import (
-    FEED_CHANNEL,
-    ActiveRead,
-    PredictionStore,
-    read_state,
-    state_message,
-)
+from predictions.cache.store import FEED_CHANNEL, PredictionStore, state_message
 
 __all__ = [
     "FEED_CHANNEL",
-    "ActiveRead",
     "CacheUnavailable",
     "CircuitBreaker",
     "ComputeFailed",
@@ -50,7 +43,6 @@ __all__ = [
     "Unavailable",
     "WriteFollower",
     "locks",
-    "read_state",
     "run_here",
     "state_message",
 ]

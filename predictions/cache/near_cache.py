@@ -268,4 +268,4 @@ class WriteFollower:
             self.near.forget(message.pair)
         elif message.kind == b"s":
             self._changes += 1
-            self.near.followed_state(message.version, message.pair == "1")
+            self.near.followed_state(message.version, message.flip_pending)

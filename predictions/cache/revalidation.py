@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -53,7 +52,7 @@ class BackgroundRevalidator:
         self.threads = threads
         self.backoff_seconds = backoff_seconds
         self.clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # notified when a revalidation ends
         self._pending: set[str] = set()
         self._resting: dict[str, float] = {}  # pair -> monotonic time its rest ends
         # Made on first use: after gunicorn forks its workers, never in the master.
@@ -89,13 +88,8 @@ class BackgroundRevalidator:
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no revalidation is pending (for tests and shutdown); True if idle."""
-        deadline = self.clock.monotonic() + timeout
-        while self.clock.monotonic() < deadline:
-            with self._lock:
-                if not self._pending:
-                    return True
-            time.sleep(0.005)
-        return False
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._pending, timeout)
 
     def _run(self, pair: str, revalidate: Callable[[str], object]) -> None:
         try:
@@ -109,3 +103,4 @@ class BackgroundRevalidator:
     def _done(self, pair: str) -> None:
         with self._lock:
             self._pending.discard(pair)
+            self._lock.notify_all()

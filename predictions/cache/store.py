@@ -56,8 +56,9 @@ class FeedMessage(NamedTuple):
 
     kind: bytes  # b"w", b"d" or b"s"
     version: str | None  # None: no version is active (a state message only)
-    pair: str  # "1" or "0" for a state message: whether a flip is pending
-    body: bytes  # the prediction JSON of a write, else b""
+    pair: str = ""  # of a write or a delete
+    body: bytes = b""  # the prediction JSON of a write
+    flip_pending: bool = False  # of a state message
 
 
 def parse_feed_message(data: bytes) -> FeedMessage:
@@ -65,11 +66,10 @@ def parse_feed_message(data: bytes) -> FeedMessage:
     if kind == b"w":
         version, pair, body = (rest.split(b" ", 2) + [b"", b""])[:3]
         return FeedMessage(kind, version.decode(), pair.decode(), body)
-    version, _, pair = rest.partition(b" ")
-    decoded = version.decode()
-    return FeedMessage(
-        kind, None if kind == b"s" and decoded == "-" else decoded, pair.decode(), b""
-    )
+    first, _, second = rest.decode().partition(" ")
+    if kind == b"s":
+        return FeedMessage(kind, None if first == "-" else first, flip_pending=second == "1")
+    return FeedMessage(kind, first, second)
 
 
 def read_state(client: redis.Redis) -> tuple[str | None, bool]:

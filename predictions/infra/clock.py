@@ -45,7 +45,8 @@ class Clock(Protocol):
         ...
 
     def monotonic(self) -> float:
-        """Seconds that never go back: deadlines, back-offs and ages within a process."""
+        """Seconds that never go back: deadlines, back-offs and ages within a process.
+        Waits sleep in real time, so this must advance in real time where they run."""
         ...
 
 

@@ -59,11 +59,12 @@ class JsonLineFormatter(logging.Formatter):
     passed in ``extra``, and the time (ISO 8601, UTC)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES}
+        fields: dict[str, object] = {}
         if record.exc_info:
             fields["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
             fields["stack_info"] = self.formatStack(record.stack_info)
+        fields.update((k, v) for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES)
         return json_line(record.levelname, record.name, record.getMessage(), fields, record.created)
 
 

@@ -3,7 +3,7 @@
 The API (gunicorn) and the worker (Celery's prefork pool) each run several processes,
 so both use prometheus-client's multiprocess mode: each process writes its values to
 files under PROMETHEUS_MULTIPROC_DIR, and the endpoint adds them up. That variable must
-be set before prometheus_client is first imported: predictions.multiprocess does it,
+be set before prometheus_client is first imported: predictions.infra.multiprocess does it,
 called first thing by gunicorn.conf.py and worker/__init__.py. Without it (unit tests,
 one process) the metrics live in the process as usual.
 

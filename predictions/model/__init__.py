@@ -15,12 +15,7 @@ from predictions.model.market_data import (
     SyntheticMarketData,
     build_market_data,
 )
-from predictions.model.prediction import (
-    PREDICTION_FIELDS,
-    InvalidPrediction,
-    Prediction,
-    format_time,
-)
+from predictions.model.prediction import PREDICTION_FIELDS, InvalidPrediction, Prediction
 from predictions.model.predictor import PredictionFailed, Predictor
 from predictions.model.trend import LogLinearTrendModel
 from predictions.model.versions import ModelCatalog, read_active, register
@@ -41,7 +36,6 @@ __all__ = [
     "PriceWindow",
     "SyntheticMarketData",
     "build_market_data",
-    "format_time",
     "import_model",
     "load_model",
     "read_active",

@@ -2,7 +2,7 @@
 
 The worker runs under libfaketime (LD_PRELOAD, FAKETIME=+20s or -20s), the API, beat
 and Redis on the machine's clock. Every instant the worker stores comes from Redis's
-clock (predictions.clock), so it refreshes every pair every interval, the API hardly
+clock (predictions.infra.clock), so it refreshes every pair every interval, the API hardly
 ever runs the model, and what clients see agrees with the API's clock.
 
 libfaketime is a Debian package (`make faketime`); without it this skips with the

@@ -85,12 +85,13 @@ _USES_BROKER = ("worker", "beat", "scripts.run")
     ],
 )
 def test_a_malformed_url_stops_a_process_without_showing_its_password(
-    argv: list[str], name: str
+    argv: list[str], name: str, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY", "REDIS", "API_"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env[name] = f"redis://api:{PASSWORD}@cache:notaport/0"
     env["API_BIND"] = f"127.0.0.1:{free_port()}"  # never whatever holds 8000 here
+    env["RUN_DIR"] = str(tmp_path)  # `make run`'s files, never in the checkout
     result = subprocess.run(
         [str(BIN / argv[0]), *argv[1:]], cwd=ROOT, env=env, capture_output=True, timeout=60,
         stdin=subprocess.DEVNULL,

@@ -70,8 +70,8 @@ def wiring_of(settings: Settings, store: PredictionStore, predictor: Predictor) 
         settings=settings,
         redis=store.redis,
         clock=store.clock,
-        predictor=predictor,
         store=store,
+        given_predictor=predictor,
         pairs=frozenset(settings.pairs),
     )
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import subprocess
+import sys
 
 import fakeredis
 import orjson
@@ -19,6 +21,7 @@ from predictions.model.predictor import Predictor
 from predictions.settings import Settings
 from predictions.wiring import make_redis, wire
 from tests.harness.doubles import CountingModel, FailingModel
+from tests.harness.processes import ROOT
 
 
 def _error(response) -> dict[str, object]:  # type: ignore[no-untyped-def]
@@ -271,3 +274,18 @@ def test_the_api_keeps_time_by_redis_clock(redis_client: fakeredis.FakeRedis) ->
     cache = create_app(settings, redis_client).extensions["predictions"].cache
     assert isinstance(cache.clock, RedisClock) and cache.clock.measured
     assert cache.store.clock is cache.clock and cache.predictor.clock is cache.clock
+
+
+def test_serving_the_api_never_loads_celery() -> None:
+    # import-linter reads our imports; this reads what the real entry point loads, in a
+    # fresh interpreter, third-party packages' own imports included.
+    code = (
+        "import sys, api.wsgi; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('celery', 'kombu', 'worker')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": "", "SIMULATED_MODEL_LATENCY_SECONDS": "0"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -151,8 +151,9 @@ def test_a_hot_hit_is_counted_and_logged_like_any_answer(
 
     before = hits()
     with caplog.at_level("INFO", logger="api.access"):
+        caplog.clear()
         assert client.get("/predict/ETH-EUR").headers["X-Cache"] == "HIT"
+        (record,) = [r for r in caplog.records if r.name == "api.access"]
     assert hits() == before + 1
-    (record,) = [r for r in caplog.records if r.name == "api.access"]
     assert record.getMessage() == "GET /predict/ETH-EUR 200"
     assert vars(record)["outcome"] == "hit"

@@ -62,6 +62,8 @@ def test_one_wiring_shares_one_client_and_one_clock() -> None:
     assert isinstance(wiring.clock, RedisClock) and wiring.clock.client is client
     assert wiring.store.redis is client and wiring.store.clock is wiring.clock
     assert wiring.store.grace_seconds == 7
+    # Beat and the tools never compute: nothing of the model side is built for them.
+    assert "predictor" not in vars(wiring)
     assert wiring.predictor.clock is wiring.clock
     assert wiring.pairs == frozenset(Settings().pairs)
     # A client of the caller's: the write feed is not followed unless asked for.

@@ -1,4 +1,4 @@
-"""predictions/locks.py: one holder per pair and version, absolute expiries, and a
+"""predictions/cache/locks.py: one holder per pair and version, absolute expiries, and a
 release that never frees a lock someone else took since."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""predictions/versions.py: the active-version pointer, each version's import string,
+"""predictions/model/versions.py: the active-version pointer, each version's import string,
 and the per-process catalog that builds each version's model once."""
 
 from __future__ import annotations
