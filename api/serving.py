@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from predictions.cache import Offload, run_here
+from predictions.model import Offload, run_here
 
 
 def under_gevent() -> bool:

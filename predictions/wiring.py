@@ -32,14 +32,12 @@ from predictions.cache import (
     CircuitBreaker,
     Limits,
     NearCache,
-    Offload,
     PredictionCache,
     PredictionStore,
     WriteFollower,
-    run_here,
 )
 from predictions.infra import Clock, metrics, process_clock
-from predictions.model import ModelCatalog, Predictor, build_market_data
+from predictions.model import ModelCatalog, Offload, Predictor, build_market_data, run_here
 from predictions.settings import Settings
 
 

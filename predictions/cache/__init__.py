@@ -17,12 +17,10 @@ from predictions.cache.read_through import (
     ComputeTimeout,
     Limits,
     Lookup,
-    Offload,
     Outcome,
     Overloaded,
     PredictionCache,
     Unavailable,
-    run_here,
 )
 from predictions.cache.store import FEED_CHANNEL, PredictionStore, state_message
 
@@ -35,7 +33,6 @@ __all__ = [
     "Limits",
     "Lookup",
     "NearCache",
-    "Offload",
     "Outcome",
     "Overloaded",
     "PredictionCache",
@@ -43,6 +40,5 @@ __all__ = [
     "Unavailable",
     "WriteFollower",
     "locks",
-    "run_here",
     "state_message",
 ]

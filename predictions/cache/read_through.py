@@ -33,7 +33,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar, cast
 
 import redis
 
@@ -47,22 +46,13 @@ from predictions.infra import metrics
 from predictions.infra.clock import Clock
 from predictions.model.contract import ModelLoadError
 from predictions.model.prediction import Prediction
-from predictions.model.predictor import PredictionFailed, Predictor
+from predictions.model.predictor import Offload, PredictionFailed, Predictor, run_here
 from predictions.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Redis is unreachable or frozen: what the circuit breaker counts.
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
-
-T = TypeVar("T")
-# Runs a blocking call (the model) and returns its result: in the API, on a real thread
-# so that the event loop keeps serving; by default, right here.
-Offload = Callable[[Callable[[], T]], T]
-
-
-def run_here(call: Callable[[], T]) -> T:
-    return call()
 
 
 class Outcome(enum.StrEnum):
@@ -358,10 +348,7 @@ class PredictionCache:
         try:
             try:
                 model = self.catalog.model(self.store.redis, version)
-                prediction = cast(
-                    Prediction,
-                    self.offload(functools.partial(self.predictor.compute, pair, model)),
-                )
+                prediction = self.predictor.compute(pair, model, self.offload)
             except ModelLoadError as exc:
                 log.error("cannot build model version=%s error=%s", version, exc)
                 self.revalidator.failed(pair)

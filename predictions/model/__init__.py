@@ -16,7 +16,7 @@ from predictions.model.market_data import (
     build_market_data,
 )
 from predictions.model.prediction import PREDICTION_FIELDS, InvalidPrediction, Prediction
-from predictions.model.predictor import PredictionFailed, Predictor
+from predictions.model.predictor import Offload, PredictionFailed, Predictor, run_here
 from predictions.model.trend import LogLinearTrendModel
 from predictions.model.versions import ModelCatalog, read_active, register
 
@@ -30,6 +30,7 @@ __all__ = [
     "Model",
     "ModelCatalog",
     "ModelLoadError",
+    "Offload",
     "Prediction",
     "PredictionFailed",
     "Predictor",
@@ -40,4 +41,5 @@ __all__ = [
     "load_model",
     "read_active",
     "register",
+    "run_here",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import numbers
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from predictions.infra import metrics
 from predictions.infra.clock import Clock
@@ -15,6 +17,16 @@ from predictions.model.prediction import Prediction
 from predictions.model.versions import ModelCatalog
 
 log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
+# Runs a blocking call (the model) and returns its result: in the API, on a real thread
+# so that the event loop keeps serving; by default, right here.
+Offload = Callable[[Callable[[], T]], T]
+
+
+def run_here(call: Callable[[], T]) -> T:
+    return call()
 
 
 class PredictionFailed(RuntimeError):
@@ -50,22 +62,34 @@ class Predictor:
         self.clock = clock
         self.sleep = sleep
 
-    def compute(self, pair: str, model: LoadedModel | None = None) -> Prediction:
+    def compute(
+        self, pair: str, model: LoadedModel | None = None, offload: Offload[object] = run_here
+    ) -> Prediction:
         """Run ``model`` (by default, the catalog's default) for ``pair``; raise
-        PredictionFailed rather than return junk."""
+        PredictionFailed rather than return junk.
+
+        ``offload`` runs the model's own work (market data and the model) and nothing
+        else: the API runs it on a real thread, where code that takes the process's
+        locks (logging, metrics, the clock) could stall gevent's loop, so the caller's
+        thread reads the clock, stamps the answer, logs and counts.
+        """
         model = model or self.models.default_model()
         started = time.perf_counter()
         if self.simulated_latency_seconds:
             self.sleep(self.simulated_latency_seconds)
         try:
-            prices = self.market_data.recent_prices(pair, self.clock.now())
-            price = model.predict(pair, prices, self.horizon_seconds)
+            now = self.clock.now()
+            price = offload(functools.partial(self._price, pair, model, now))
             prediction = self._stamp(pair, price, time.perf_counter() - started, model)
         # A user's model may raise anything; it must fail this pair only, loudly.
         except Exception as exc:
             raise self._failed(pair, exc) from exc
         self._computed(prediction)
         return prediction
+
+    def _price(self, pair: str, model: LoadedModel, now: float) -> float:
+        prices = self.market_data.recent_prices(pair, now)
+        return model.predict(pair, prices, self.horizon_seconds)
 
     def compute_many(
         self, pairs: Sequence[str], model: LoadedModel | None = None

@@ -202,7 +202,7 @@ def test_locks_are_taken_in_groups_that_fit_the_lock_lifetime(
         held.append(len(redis_client.keys("pc:lock:*")))
         return original(pair, model)
 
-    predictor.compute = compute  # type: ignore[method-assign]
+    predictor.compute = compute  # type: ignore[method-assign, assignment]
     wiring = wiring_of(settings, store, predictor)
     assert (
         refresh_batch(

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import fakeredis
 import pytest
 
@@ -8,7 +12,7 @@ from predictions.model.market_data import SyntheticMarketData
 from predictions.model.predictor import PredictionFailed, Predictor
 from predictions.settings import Settings
 from predictions.wiring import wire
-from tests.harness.doubles import FailingModel, HostClock, ManualClock, NanModel
+from tests.harness.doubles import CountingModel, FailingModel, HostClock, ManualClock, NanModel
 
 
 def _predictor(model: Model, **kwargs: object) -> Predictor:
@@ -59,3 +63,29 @@ def test_the_wiring_builds_the_configured_model() -> None:
     assert predictor.models.default_model().version == "counting-1"
     assert predictor.horizon_seconds == 60
     assert predictor.simulated_latency_seconds == 1.0
+
+
+def test_offload_runs_the_model_alone_and_the_caller_stamps_logs_and_counts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The API's offload is a real thread beside gevent's loop: nothing there may take
+    # the process's locks (logging, metrics, the clock).
+    model, threads = CountingModel(), {}
+    predict = model.predict
+
+    def recorded(*args: object, **kwargs: object) -> float:
+        threads["model"] = threading.get_ident()
+        return predict(*args, **kwargs)  # type: ignore[arg-type]
+
+    model.predict = recorded  # type: ignore[method-assign]
+
+    def on_a_thread(call: Callable[[], object]) -> object:
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(call).result(5)
+
+    with caplog.at_level("INFO", logger="predictions"):
+        prediction = _predictor(model).compute("ETH-EUR", None, on_a_thread)
+    assert prediction.predicted_price == model.price
+    assert threads["model"] != threading.get_ident()
+    (record,) = [r for r in caplog.records if "computed prediction" in r.getMessage()]
+    assert record.thread == threading.get_ident()
