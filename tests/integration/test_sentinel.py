@@ -108,7 +108,7 @@ def computed_at(client: redis.Redis, pair: str) -> float:
     return 0.0 if raw is None else parse_time(orjson.loads(raw)["computed_at"], pair)
 
 
-def test_a_sentinel_failover_under_load(start: ProcessFactory, group: SentinelGroup) -> None:
+def test_a_sentinel_failover_under_load(group: SentinelGroup, start: ProcessFactory) -> None:
     env = {
         # Its host does not exist: only the sentinels can say where the master is.
         "REDIS_URL": "redis://no-such-host.invalid:6379/0",
