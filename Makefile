@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback celery forget lock bench bench-quick wrk nginx varnish rabbitmq faketime lint format typecheck clean
+.PHONY: help install dev run test test-unit test-integration test-faults requests rollout rollback celery pairs forget lock bench bench-quick wrk nginx varnish rabbitmq faketime lint format typecheck clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -102,6 +102,11 @@ celery: dev ## Any celery command against `make run`'s system, e.g. ARGS="inspec
 	@test -n "$(ARGS)" || { echo 'usage: make celery ARGS="inspect ping" (any `celery -A worker` command)' >&2; exit 2; }
 	$(NEED_SYSTEM)
 	@REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/celery -A worker $(ARGS)
+
+pairs: dev ## The known pairs of `make run`'s system, e.g. ARGS="add SOL-EUR" (add|remove|list|load)
+	@test -n "$(ARGS)" || { echo 'usage: make pairs ARGS="list" (add PAIR, remove PAIR, list, load FILE)' >&2; exit 2; }
+	$(NEED_SYSTEM)
+	@REDIS_URL="$(RUN_REDIS_URL)" $(BIN)/python -m predictions.pairs $(ARGS)
 
 forget: dev ## Delete a pair's prediction from `make run`'s Redis: its next request misses (PAIR=ETH-EUR)
 	@test -n "$(PAIR)" || { echo "usage: make forget PAIR=ETH-EUR" >&2; exit 2; }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 REFRESH_ALL_TASK = "predictions.refresh_all"
+REFRESH_BATCH_TASK = "predictions.refresh_batch"
 # How far apart two hosts' clocks may be before Celery drops a due task as expired.
 # Celery stamps an absolute expiry by the sender's clock and checks it by the
 # receiver's, so an expiry of one interval would drop every task at a worker whose

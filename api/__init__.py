@@ -47,7 +47,10 @@ def create_app(
     if predictor is None:
         # Now: a MODEL that cannot load stops the start.
         wiring.predictor.models.default_model()
-    state = ApiState(settings=settings, pairs=wiring.pairs, cache=wiring.cache)
+    wiring.known.seed()
+    if redis_client is None:
+        wiring.known.ensure_watching()
+    state = ApiState(settings=settings, known=wiring.known, asked=wiring.asked, cache=wiring.cache)
     app.extensions["predictions"] = state
     app.register_blueprint(bp)
     register_error_handlers(app)

@@ -2,7 +2,7 @@
 
 A hit is the product: it must cost no more than the cheapest Flask view. Werkzeug's
 request and response objects, routing and hooks cost more than the rest of the hit, so
-a fresh near copy of a configured pair, asked for by its canonical name with a plain GET
+a fresh near copy of a known pair, asked for by its canonical name with a plain GET
 (no query string, no validator), is answered here, in a few lines of WSGI, with the
 answer the Flask view would give (api/answer.py). Its headers change at most once a
 second per prediction, so they are prepared once per second and reused. Everything else
@@ -37,7 +37,8 @@ class HotPath:
 
     def __init__(self, app: WsgiApp, state: Any) -> None:
         self.app = app
-        self.pairs: frozenset[str] = state.pairs
+        self.known = state.known
+        self.asked = state.asked
         self.cache = state.cache
         self.grace = state.settings.stale_grace_seconds
         self._prepared: dict[str, _Prepared] = {}
@@ -51,8 +52,9 @@ class HotPath:
             and "HTTP_IF_NONE_MATCH" not in environ
         ):
             pair = path[len(PREFIX) :]
-            if pair in self.pairs:
+            if pair in self.known.pairs:
                 started = time.perf_counter()
+                self.asked.record(pair)
                 prediction = self.cache.near_hit(pair)
                 if prediction is not None:
                     return self._serve(environ, start_response, prediction, started)

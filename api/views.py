@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
 import time
+from collections.abc import Mapping
 
 import orjson
 from flask import Blueprint, Response, current_app, request
@@ -16,6 +18,7 @@ from api.errors import BadPairRequest, PairNotFound, RetryLater, error_code
 from api.openapi import BATCH_PATTERN, MAX_BATCH, openapi_document
 from predictions.cache import Outcome, PredictionCache
 from predictions.infra import InvalidPair, canonical_pair, metrics, read_beat_tick
+from predictions.registry import AskedPairs, KnownPairs
 from predictions.settings import Settings
 
 bp = Blueprint("predictions", __name__)
@@ -26,7 +29,8 @@ class ApiState:
     """What the views need, kept on the app (one lookup per request, not several)."""
 
     settings: Settings
-    pairs: frozenset[str]
+    known: KnownPairs
+    asked: AskedPairs
     cache: PredictionCache
 
 
@@ -39,16 +43,17 @@ def _json(data: object, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status=status, mimetype="application/json")
 
 
-def configured_pair(text: str, configured: frozenset[str]) -> str:
-    """The canonical pair for ``text``: 400 if malformed, 404 if not configured."""
-    if text in configured:  # the common case: already canonical
+def known_pair(text: str, known: KnownPairs) -> str:
+    """The canonical pair for ``text``: 400 if malformed, 404 if not a known pair."""
+    pairs = known.pairs
+    if text in pairs:  # the common case: already canonical
         return text
     try:
         pair = canonical_pair(text)
     except InvalidPair as exc:
         raise BadPairRequest(str(exc)) from None
-    if pair not in configured:
-        raise PairNotFound(f"{pair} is not one of the configured pairs (see /pairs)")
+    if pair not in pairs:
+        raise PairNotFound(f"{pair} is not one of the known pairs (see /pairs)")
     return pair
 
 
@@ -58,7 +63,9 @@ def predict(pair: str) -> Response:
     environ = request.environ
     environ[observe.PREDICT] = True
     state = _state()
-    lookup = state.cache.get(configured_pair(pair, state.pairs))
+    known = known_pair(pair, state.known)
+    state.asked.record(known)
+    lookup = state.cache.get(known)
     prediction = lookup.prediction
     now = state.cache.clock.now()
     environ[observe.PAIR] = prediction.pair
@@ -92,13 +99,14 @@ def predict_many() -> Response:
     wanted: list[str] = []
     for text in texts:
         try:
-            pair = configured_pair(text, state.pairs)
+            pair = known_pair(text, state.known)
         except (BadPairRequest, PairNotFound) as error:
             items.append({"pair": text[:40], "status": "error", "error": _item_error(error)})
             continue
         items.append({"pair": pair})
         if pair not in wanted:
             wanted.append(pair)
+            state.asked.record(pair)
     found = state.cache.peek_many(wanted)
     for item in items:
         if "status" in item:
@@ -123,11 +131,17 @@ def _item_error(error: HTTPException) -> dict[str, object]:
     }
 
 
+# The most pairs in one page of GET /pairs.
+MAX_PAGE = 1000
+
+
 @bp.get("/pairs")
 def pairs() -> Response:
+    """The known pairs in name order, a page at a time, with each one's cached state."""
     state = _state()
+    page, next_cursor = _page(state.known.sorted_pairs())
     now = state.cache.clock.now()
-    found = state.cache.store.read_many(state.settings.pairs)
+    found = state.cache.store.read_many(page)
     items = []
     for pair, prediction in found.predictions.items():
         item: dict[str, object] = {"pair": pair, "cached": prediction is not None}
@@ -139,23 +153,49 @@ def pairs() -> Response:
                 "age_seconds": round(now - prediction.computed_at, 3),
                 "fresh_for_seconds": round(max(0.0, prediction.fresh_until - now), 3),
             }
+        freshness = state.known.freshness(pair)
+        item |= {
+            "ttl_seconds": freshness.ttl_seconds,
+            "refresh_seconds": freshness.refresh_seconds,
+        }
         items.append(item)
-    return _json({"pairs": items})
+    response = _json({"pairs": items, "next_cursor": next_cursor})
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def _page(ordered: list[str]) -> tuple[list[str], str | None]:
+    """The page ``?cursor=&limit=`` asks for, and the cursor of the next one (None at
+    the end). The cursor is the last pair of the previous page: a page stays right
+    while pairs are added or removed around it."""
+    raw_limit = request.args.get("limit", str(MAX_PAGE))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise BadRequest(f"limit: give a whole number from 1 to {MAX_PAGE}")
+    limit = int(raw_limit)
+    cursor = request.args.get("cursor", "")
+    start = 0
+    if cursor:
+        try:
+            start = bisect.bisect_right(ordered, canonical_pair(cursor))
+        except InvalidPair:
+            raise BadRequest("cursor: give the next_cursor of the previous page") from None
+    page = ordered[start : start + limit]
+    more = start + limit < len(ordered)
+    return page, page[-1] if more and page else None
 
 
 @bp.get("/metrics")
 def prometheus_metrics() -> Response:
-    """Prometheus text format: every API worker's counters, plus per-pair freshness."""
+    """Prometheus text format: every API worker's counters, plus the pairs' freshness."""
     state = _state()
     store = state.cache.store
 
-    def read_freshness() -> tuple[dict[str, float | None], float | None]:
-        found = store.read_many(state.settings.pairs).predictions
-        computed = {pair: p.computed_at if p else None for pair, p in found.items()}
-        return computed, read_beat_tick(store.redis)
+    def read_freshness() -> tuple[Mapping[str, tuple[float, float] | None], float | None]:
+        times = store.read_times(state.known.sorted_pairs())
+        return times, read_beat_tick(store.redis)
 
     collector = metrics.FreshnessCollector(
-        read_freshness, state.cache.clock.now, state.settings.pairs
+        read_freshness, state.cache.clock.now, state.settings.metrics_max_pair_series
     )
     # content_type, not mimetype: Werkzeug would append a second charset to text/plain.
     return Response(metrics.exposition(collector), content_type=metrics.CONTENT_TYPE)

@@ -46,6 +46,7 @@ from predictions.model import (
     read_active,
     register,
 )
+from predictions.registry import recently_asked
 from predictions.settings import Settings
 from predictions.wiring import Wiring, wire
 
@@ -83,7 +84,10 @@ def rollout(
 
     predictor, store, clock = wiring.predictor, wiring.store, wiring.clock
     wait = flip_wait_seconds(settings)
-    pairs = list(settings.pairs)
+    wiring.known.reload_if_changed()
+    pairs = wiring.known.sorted_pairs()
+    if settings.precompute == "asked":  # the others are computed when next asked
+        pairs = recently_asked(client, clock.now(), pairs, wiring.known.ttl_seconds)
     predictions = _precompute(predictor, store, model, pairs)
     say(f"precomputed {len(pairs)} pairs with {model.version}")
 

@@ -30,6 +30,9 @@ DEFAULT_PAIRS = ("ETH-EUR", "BTC-EUR", "ETH-USD", "BTC-USD")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
 BROKER_DATABASES = ("next", "same")
+PRECOMPUTE_MODES = ("all", "asked", "off")
+# Spellings of "off" that `make run PRECOMPUTE=0` has always taken.
+_OFF = ("0", "false", "no", "none")
 # What Celery accepts as a broker here: Redis (TCP, TLS, socket), kombu's Sentinel
 # transport, and AMQP (RabbitMQ), plain or over TLS.
 BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel", "amqp", "amqps", "pyamqp")
@@ -73,6 +76,7 @@ def _bounded(
 _positive_float = _bounded(float, "a number of seconds > 0", lambda value: value > 0)
 _non_negative_float = _bounded(float, "a number of seconds >= 0", lambda value: value >= 0)
 _positive_int = _bounded(int, "a whole number > 0", lambda value: value > 0)
+_non_negative_int = _bounded(int, "a whole number >= 0", lambda value: value >= 0)
 
 
 def _redis_url(name: str, raw: str) -> str:
@@ -145,6 +149,11 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
         return raw
 
     return coerce
+
+
+def _precompute(name: str, raw: str) -> str:
+    mode = raw.strip().lower()
+    return _choice(PRECOMPUTE_MODES)(name, "off" if mode in _OFF else mode)
 
 
 def _bind(name: str, raw: str) -> str:
@@ -250,7 +259,22 @@ class Settings:
     pairs: tuple[str, ...] = setting(
         DEFAULT_PAIRS,
         _pairs,
-        "the pairs served and refreshed, comma-separated `BASE-QUOTE`",
+        "the pairs served and refreshed, comma-separated `BASE-QUOTE`, until the pairs "
+        "command (`python -m predictions.pairs`) changes the registry: from then on the "
+        "registry wins",
+    )
+    registry_max_pairs: int = setting(
+        1_000_000,
+        _positive_int,
+        "the most pairs the registry takes; an `add` or `load` past it is refused",
+    )
+    precompute: str = setting(
+        "all",
+        _precompute,
+        "`all`: beat refreshes every known pair; `asked`: only the pairs clients asked "
+        "for within their last three freshness lifetimes (the others are computed on "
+        "their first request); `off` (or `0`): nothing, every pair is computed on "
+        "request (`make run` then starts no worker and no beat)",
     )
     prediction_ttl_seconds: float = setting(
         60.0,
@@ -368,6 +392,17 @@ class Settings:
         "Redis connections per process (a thread waits for a free one rather than opening more)",
     )
     refresh_batch_size: int = setting(100, _positive_int, "most pairs in one refresh task")
+    near_cache_max_pairs: int = setting(
+        10_000,
+        _positive_int,
+        "the most pairs an API process keeps a near copy of (least recently used out first)",
+    )
+    metrics_max_pair_series: int = setting(
+        100,
+        _non_negative_int,
+        "`/metrics` exports per-pair age series for at most this many pairs (the oldest); "
+        "counts by state cover every pair",
+    )
     worker_concurrency: int = setting(
         4,
         _positive_int,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any
 
 import redis
@@ -38,7 +39,10 @@ from predictions.cache import (
 )
 from predictions.infra import Clock, metrics, process_clock
 from predictions.model import ModelCatalog, Offload, Predictor, build_market_data, run_here
+from predictions.registry import AskedPairs, Freshness, KnownPairs, PairRegistry
 from predictions.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class BlockingSentinelConnectionPool(SentinelConnectionPool, redis.BlockingConnectionPool):
@@ -114,13 +118,32 @@ class Wiring:
     redis: redis.Redis
     clock: Clock
     store: PredictionStore
-    pairs: frozenset[str]
     # A predictor handed over (tests); else built from the settings on first use, so
     # that beat and the tools, which never compute, never load market data (ccxt).
     given_predictor: Predictor | None = None
     # For the cache only: how it runs the model, and whether it follows the write feed.
     offload: Offload[object] = run_here
     follow_writes: bool = False
+
+    @functools.cached_property
+    def registry(self) -> PairRegistry:
+        return PairRegistry(self.redis, self.settings.registry_max_pairs)
+
+    @functools.cached_property
+    def known(self) -> KnownPairs:
+        """This process's view of the known pairs: PAIRS until the registry is read
+        (``known.seed()`` at start, then the watcher or ``reload_if_changed``)."""
+        settings = self.settings
+        return KnownPairs(
+            self.registry,
+            settings.pairs,
+            Freshness(settings.prediction_ttl_seconds, settings.refresh_interval_seconds),
+        )
+
+    @functools.cached_property
+    def asked(self) -> AskedPairs:
+        """The pairs this (API) process is asked for, sent to Redis once a second."""
+        return AskedPairs(self.redis, self.clock.now)
 
     @functools.cached_property
     def predictor(self) -> Predictor:
@@ -137,16 +160,22 @@ class Wiring:
             ttl_seconds=settings.prediction_ttl_seconds,
             simulated_latency_seconds=settings.simulated_model_latency_seconds,
             clock=self.clock,
+            ttl_of=self.known.ttl_seconds,
         )
 
     @functools.cached_property
     def cache(self) -> PredictionCache:
         """The API's read-through cache, with this process's near copies."""
         settings = self.settings
-        near = NearCache(settings.near_cache_seconds, self.clock)
+        near = NearCache(settings.near_cache_seconds, self.clock, settings.near_cache_max_pairs)
         feed = None
         if self.follow_writes and settings.near_cache_seconds > 0:
-            feed = WriteFollower(self.redis, near, self.pairs)
+            feed = WriteFollower(
+                self.redis,
+                near,
+                on_registry_change=self.known.changed,
+                on_follow=lambda: self._warm(cache),
+            )
         limits = Limits.from_settings(settings)
         breaker = CircuitBreaker(
             limits.circuit_failure_threshold,
@@ -154,7 +183,7 @@ class Wiring:
             self.clock,
             on_change=lambda opened: metrics.CIRCUIT_OPEN.set(int(opened)),
         )
-        return PredictionCache(
+        cache = PredictionCache(
             self.store,
             self.predictor,
             limits,
@@ -164,6 +193,12 @@ class Wiring:
             offload=self.offload,
             feed=feed,
         )
+        return cache
+
+    def _warm(self, cache: PredictionCache) -> None:
+        """Fill a new subscription's near copies with the known pairs' predictions."""
+        copied = cache.warm(self.known.sorted_pairs())
+        log.info("near copies filled pairs=%d", copied, extra={"pairs": copied})
 
 
 def wire(
@@ -194,7 +229,6 @@ def wire(
         redis=client,
         clock=clock,
         store=PredictionStore(client, clock, grace_seconds=settings.stale_grace_seconds),
-        pairs=frozenset(settings.pairs),
         given_predictor=predictor,
         offload=offload,
         follow_writes=follow_writes,

@@ -4,7 +4,7 @@
 
 Without REDIS_URL a Redis of its own starts on a free port (data in $RUN_DIR/redis,
 RUN_DIR defaulting to .run), and its URL is written to $RUN_DIR/redis-url for the
-tools (`make rollout`, `make celery`, `make forget`) while it runs. PRECOMPUTE=0
+tools (`make rollout`, `make celery`, `make forget`) while it runs. PRECOMPUTE=off
 starts no worker and no beat: the API alone, computing every pair on request.
 
 Hand-written on purpose: honcho (used before) and foreman stop every process at the
@@ -228,7 +228,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    precompute = os.environ.get("PRECOMPUTE", "1").strip() not in ("0", "false", "no", "off")
+    precompute = settings.precompute != "off"
     run_dir = Path(os.environ.get("RUN_DIR") or ROOT / ".run").resolve()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if settings.log_format == "json":
@@ -269,7 +269,7 @@ def main() -> int:
                 break
             children[name] = Child(name, COMMANDS[name], env, out)
         if not precompute:
-            out.say("PRECOMPUTE=0: no worker and no beat; every pair is computed on request")
+            out.say("PRECOMPUTE=off: no worker and no beat; every pair is computed on request")
         out.say(f"API on http://{settings.api_bind}; Ctrl-C stops everything")
         while not stopping.wait(0.2):
             exited = [child for child in children.values() if not child.running()]

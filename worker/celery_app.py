@@ -14,6 +14,7 @@ from beat_schedule import build_schedule
 from predictions.infra import configure_logging, configure_root_logging, json_line
 from predictions.model import import_model
 from predictions.settings import Settings
+from worker.schedulers import REGISTRY_LOOK_SECONDS
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
@@ -69,6 +70,9 @@ def create_celery(settings: Settings | None = None) -> Celery:
         beat_schedule=build_schedule(settings.refresh_interval_seconds),
         # In memory, due at start-up: see worker/schedulers.py.
         beat_scheduler="worker.schedulers:WarmStartScheduler",
+        # Beat looks at the pair registry on every tick: a pair added, or one with a
+        # refresh interval of its own, is acted on within about a second.
+        beat_max_loop_interval=REGISTRY_LOOK_SECONDS,
     )
     app.settings = settings
     return app

@@ -14,6 +14,7 @@ import redis
 from predictions.cache import locks
 from predictions.infra import InvalidPair, canonical_pair, keys, metrics
 from predictions.model import LoadedModel, ModelLoadError, read_active
+from predictions.registry import recently_asked
 from predictions.wiring import Wiring
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,21 @@ def claim_refresh_slot(client: redis.Redis, interval_seconds: float, now: float)
     slot = int(now // interval_seconds)
     # Kept for two intervals: long enough to outlive the slot, then gone on its own.
     ttl_ms = max(1, int(2 * interval_seconds * 1000))
-    return bool(client.set(keys.refresh_slot_key(slot), b"1", nx=True, px=ttl_ms))
+    key = keys.refresh_slot_key(slot, interval_seconds)
+    return bool(client.set(key, b"1", nx=True, px=ttl_ms))
+
+
+def due_pairs(wiring: Wiring, interval_seconds: float, now: float) -> list[str]:
+    """The known pairs refreshed every ``interval_seconds``; under PRECOMPUTE=asked,
+    only those clients asked for lately (see predictions.registry.asked)."""
+    if wiring.settings.precompute == "off":
+        return []
+    known = wiring.known
+    known.reload_if_changed()
+    pairs = known.by_refresh_interval().get(interval_seconds, [])
+    if wiring.settings.precompute == "asked":
+        pairs = recently_asked(wiring.redis, now, pairs, known.ttl_seconds)
+    return pairs
 
 
 def refresh_batch(pairs: Sequence[str], wiring: Wiring) -> int:
@@ -58,11 +73,12 @@ def refresh_batch(pairs: Sequence[str], wiring: Wiring) -> int:
     it) is skipped: its prediction is on its way. A pair whose model fails is logged
     and skipped: its previous prediction stays until it expires, and the other pairs
     are still refreshed. A task message may carry anything, so pairs that are not
-    configured are ignored.
+    known (now: one removed since the message was sent) are ignored.
     """
     started = time.perf_counter()
     settings = wiring.settings
-    wanted = _configured(pairs, wiring.pairs)
+    wiring.known.reload_if_changed()
+    wanted = _known(pairs, wiring.known.pairs)
     try:
         served = served_model(wiring, settings.refresh_interval_seconds)
     except ModelLoadError as exc:
@@ -168,15 +184,19 @@ def lock_plan(
     return group_size, lock_seconds
 
 
-def _configured(pairs: Sequence[str], configured: frozenset[str]) -> list[str]:
+def _known(pairs: Sequence[str], known: frozenset[str]) -> list[str]:
     wanted: list[str] = []
+    unknown = 0
     for text in pairs:
         try:
             pair = canonical_pair(str(text))
         except InvalidPair:
             pair = ""
-        if pair not in configured:
-            log.warning("ignoring a refresh of an unconfigured pair %r", str(text)[:40])
+        if pair not in known:
+            unknown += 1
         elif pair not in wanted:
             wanted.append(pair)
+    if unknown:
+        # One line a batch, not one a pair: a removal can leave thousands in the queue.
+        log.info("ignoring a refresh of pairs no longer known pairs=%d", unknown)
     return wanted

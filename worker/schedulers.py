@@ -1,4 +1,5 @@
-"""Beat's scheduler: the schedule in memory, every entry due as soon as beat starts."""
+"""Beat's scheduler: the schedule in memory, every entry due as soon as beat starts,
+and the pair registry followed on every tick."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from typing import Any
 import redis
 from celery.beat import Scheduler
 
+from beat_schedule import REFRESH_ALL_TASK, REFRESH_BATCH_TASK, skew_tolerant_expiry
 from predictions.infra import write_beat_tick
 from predictions.wiring import Wiring, wire
 
 log = logging.getLogger(__name__)
+
+# How often beat looks at the registry (its longest sleep between ticks).
+REGISTRY_LOOK_SECONDS = 1.0
 
 
 class WarmStartScheduler(Scheduler):  # type: ignore[misc]
@@ -26,6 +31,10 @@ class WarmStartScheduler(Scheduler):  # type: ignore[misc]
     """
 
     def setup_schedule(self) -> None:
+        # Pairs known at the last look, and the slot last sent for each refresh
+        # interval of a pair's own (the settings' interval is the schedule's entry).
+        self._known_pairs: frozenset[str] | None = None
+        self._sent_slots: dict[float, int] = {}
         super().setup_schedule()
         long_ago = self.app.now() - timedelta(days=1)
         for entry in self.schedule.values():
@@ -43,17 +52,54 @@ class WarmStartScheduler(Scheduler):  # type: ignore[misc]
         """Beat's Redis client and clock, made on first use (after Celery set it up)."""
         if not hasattr(self, "_wiring"):
             self._wiring = wire(self.app.settings, role="beat")
+            self._wiring.known.seed()
         return self._wiring
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        """Run due entries, then leave the time of this tick in Redis for /metrics."""
+        """Run due entries, follow the registry, then leave the time of this tick in
+        Redis for /metrics."""
         next_in: float = super().tick(*args, **kwargs)
         settings = self.app.settings
         try:
             wiring = self.wiring()
+            self.follow_registry(wiring)
             write_beat_tick(
                 wiring.redis, wiring.clock.now(), 10 * settings.refresh_interval_seconds
             )
         except redis.RedisError as exc:  # the schedule goes on without its heartbeat
             log.warning("could not record beat's tick: %r", exc)
-        return next_in
+        return min(next_in, REGISTRY_LOOK_SECONDS)
+
+    def follow_registry(self, wiring: Wiring) -> None:
+        """Refresh pairs just added at once (not at the next interval), and send each
+        refresh interval of a pair's own its refresh_all when its slot turns."""
+        settings = self.app.settings
+        known = wiring.known
+        known.reload_if_changed()
+        now = wiring.clock.now()
+        added = known.pairs - self._known_pairs if self._known_pairs is not None else ()
+        self._known_pairs = known.pairs
+        if added and settings.precompute == "all":
+            interval = settings.refresh_interval_seconds
+            ordered = sorted(added)
+            size = settings.refresh_batch_size
+            for first in range(0, len(ordered), size):
+                self.app.send_task(
+                    REFRESH_BATCH_TASK,
+                    args=[ordered[first : first + size]],
+                    kwargs={"not_after": now + interval},
+                    expires=skew_tolerant_expiry(interval),
+                )
+            log.info("refreshing pairs just added pairs=%d", len(ordered))
+        for interval in known.by_refresh_interval():
+            if interval == settings.refresh_interval_seconds:
+                continue  # the schedule's own entry
+            slot = int(now // interval)
+            if self._sent_slots.get(interval) == slot:
+                continue
+            self._sent_slots[interval] = slot
+            self.app.send_task(
+                REFRESH_ALL_TASK,
+                kwargs={"not_after": now + interval, "interval": interval},
+                expires=skew_tolerant_expiry(interval),
+            )

@@ -8,7 +8,7 @@ import logging
 import redis
 from celery import Task, shared_task
 
-from beat_schedule import REFRESH_ALL_TASK, skew_tolerant_expiry
+from beat_schedule import REFRESH_ALL_TASK, REFRESH_BATCH_TASK, skew_tolerant_expiry
 from predictions.settings import Settings
 from predictions.wiring import Wiring, wire
 from worker import refresh
@@ -16,7 +16,6 @@ from worker import refresh
 log = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)
-REFRESH_BATCH_TASK = "predictions.refresh_batch"
 # refresh_batch's name in 0.1.0: a worker of that release, during a rolling upgrade,
 # still fans out to it (and the broker may hold such messages). Accepted in 0.2.x,
 # removed in 0.3.0 (docs/operations.md, "Task names and rolling upgrades").
@@ -34,7 +33,12 @@ BATCH_RETRIES = {
 def process_wiring(settings: Settings) -> Wiring:
     """The Redis client, clock, predictor and store, built once per worker process (on
     its first task, after the fork), and shared by every task that process runs."""
-    return wire(settings, role="worker")
+    wiring = wire(settings, role="worker")
+    try:
+        wiring.known.seed()
+    except redis.RedisError as exc:  # the task that asked will fail and be retried
+        log.warning("cannot read the pair registry yet: %r", exc)
+    return wiring
 
 
 class RefreshTask(Task):  # type: ignore[misc]
@@ -44,8 +48,11 @@ class RefreshTask(Task):  # type: ignore[misc]
 
 
 @shared_task(name=REFRESH_ALL_TASK, base=RefreshTask, bind=True)
-def refresh_all(self: RefreshTask, not_after: float | None = None) -> int:
-    """Fan out: one refresh_batch task per batch of configured pairs, once per interval.
+def refresh_all(
+    self: RefreshTask, not_after: float | None = None, interval: float | None = None
+) -> int:
+    """Fan out: one refresh_batch task per batch of the known pairs refreshed every
+    ``interval`` (by default REFRESH_INTERVAL_SECONDS), once per interval.
 
     The refresh slot is what stops a duplicate refresh: the first refresh_all of an
     interval (by Redis's clock) claims it, and any other (a second beat, a backlog
@@ -53,7 +60,7 @@ def refresh_all(self: RefreshTask, not_after: float | None = None) -> int:
     are backstops that drop a message of an interval gone by before it reaches Redis.
     """
     settings = self.app.settings
-    interval = settings.refresh_interval_seconds
+    interval = interval or settings.refresh_interval_seconds
     now = self.wiring.clock.now()  # Redis's time: every worker counts the same slots
     if not_after is not None and now > not_after:
         # Sent by beat for an interval gone by (a backlog after an outage): the next
@@ -64,7 +71,9 @@ def refresh_all(self: RefreshTask, not_after: float | None = None) -> int:
         log.warning("refresh skipped: this interval was already refreshed (two beats?)")
         return 0
     chunks = refresh.batches(
-        settings.pairs, settings.refresh_batch_size, settings.worker_concurrency
+        refresh.due_pairs(self.wiring, interval, now),
+        settings.refresh_batch_size,
+        settings.worker_concurrency,
     )
     for chunk in chunks:
         # A batch not started by the next tick is dropped: by Redis's clock, read by

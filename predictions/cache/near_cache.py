@@ -7,8 +7,8 @@ dict lookup, at the price of answering with a prediction up to max_age older tha
 newest one in Redis.
 
 The copy is also the last-known-good prediction: when Redis or the model fails, the
-caller may serve it, marked stale, within its grace period. Only configured pairs ever
-reach it, so it is bounded (by PAIRS).
+caller may serve it, marked stale, within its grace period. It holds at most
+``max_pairs`` copies (NEAR_CACHE_MAX_PAIRS), the least recently used going first.
 
 Rollouts: a copy is served only if it was made by the active model version as the
 process last saw it in Redis, and never while a flip is pending. A rollout marks the
@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Callable
 
 import redis
 
@@ -49,12 +50,17 @@ class NearCache:
         self,
         max_age_seconds: float,
         clock: Clock,
+        max_pairs: int = 10_000,
     ) -> None:
         self.max_age = max_age_seconds
         self.clock = clock
-        # pair -> (prediction, monotonic deadline, epoch it was put in); dict operations
-        # are atomic under the GIL, so threads and greenlets share it without a lock.
-        self._entries: dict[str, tuple[Prediction, float, int]] = {}
+        self.max_pairs = max_pairs
+        # pair -> (prediction, monotonic deadline, epoch it was put in), least recently
+        # used first; OrderedDict's operations are atomic under the GIL, so threads and
+        # greenlets share it without a lock.
+        self._entries: collections.OrderedDict[str, tuple[Prediction, float, int]] = (
+            collections.OrderedDict()
+        )
         # What the last read from Redis said: the active version, a pending flip.
         self.active_version: str | None = None
         self.flip_pending = False
@@ -77,6 +83,10 @@ class NearCache:
         entry = self._entries.get(pair)
         if entry is None:
             return None
+        try:
+            self._entries.move_to_end(pair)
+        except KeyError:  # evicted or forgotten by another thread since
+            pass
         prediction, deadline, epoch = entry
         if self.clock.now() >= prediction.fresh_until:
             return None
@@ -115,6 +125,15 @@ class NearCache:
             if not read:
                 deadline = current[1]
         self._entries[prediction.pair] = (prediction, deadline, self._epoch)
+        while len(self._entries) > self.max_pairs:
+            try:
+                self._entries.popitem(last=False)
+            except KeyError:  # emptied by another thread meanwhile
+                break
+
+    def holds(self, pair: str) -> bool:
+        """Whether this process keeps a copy of the pair (what the write feed updates)."""
+        return pair in self._entries
 
     def forget(self, pair: str) -> None:
         self._entries.pop(pair, None)
@@ -161,14 +180,18 @@ class WriteFollower:
         self,
         client: redis.Redis,
         near: NearCache,
-        pairs: frozenset[str],
+        on_registry_change: Callable[[], None] | None = None,
+        on_follow: Callable[[], None] | None = None,
         ping_seconds: float | None = None,
         recheck_seconds: float = 1.0,
         retry_seconds: float = 0.5,
     ) -> None:
         self.client = client
         self.near = near
-        self.pairs = pairs
+        # Told of a registry change; and run on each new subscription (to fill the
+        # near copies while the feed keeps them current).
+        self.on_registry_change = on_registry_change
+        self.on_follow = on_follow
         # Several confirmations per max_age, so that a copy is always covered by one.
         self.ping_seconds = ping_seconds or max(0.01, near.max_age / 4)
         self.recheck_seconds = recheck_seconds
@@ -219,6 +242,8 @@ class WriteFollower:
             # Anything that changes after this read arrives on the channel.
             self.near.follow(*read_state(self.client))
             log.info("following prediction writes channel=%s", FEED_CHANNEL)
+            if self.on_follow is not None:
+                self.on_follow()
             self._loop(pubsub)
         finally:
             pubsub.close()
@@ -254,10 +279,14 @@ class WriteFollower:
                 self._apply(message["data"])
 
     def _apply(self, data: bytes) -> None:
+        if data[:2] == b"w ":
+            # The pair first, and nothing more for a pair this process holds no copy
+            # of: with many pairs, most writes are of those.
+            start = data.find(b" ", 2) + 1
+            if not self.near.holds(data[start : data.find(b" ", start)].decode()):
+                return
         message = parse_feed_message(data)
         if message.kind == b"w":
-            if message.pair not in self.pairs:
-                return
             try:
                 prediction = Prediction.from_json(message.body, message.pair)
             except InvalidPrediction:
@@ -269,3 +298,5 @@ class WriteFollower:
         elif message.kind == b"s":
             self._changes += 1
             self.near.followed_state(message.version, message.flip_pending)
+        elif message.kind == b"r" and self.on_registry_change is not None:
+            self.on_registry_change()

@@ -32,7 +32,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -280,6 +280,20 @@ class PredictionCache:
             if prediction is not None:
                 self.near.put(prediction)
         return found
+
+    def warm(self, pairs: Sequence[str], chunk: int = 1000) -> int:
+        """Copy the pairs' stored predictions into the near cache, a chunk per round
+        trip, as the write feed delivers them (served while the feed is followed); so a
+        process that just started answers its first requests from memory. Returns how
+        many were copied."""
+        copied = 0
+        for first in range(0, min(len(pairs), self.near.max_pairs), chunk):
+            read = self.store.read_many(pairs[first : first + chunk])
+            for prediction in read.predictions.values():
+                if prediction is not None:
+                    self.near.put(prediction, read=False)
+                    copied += 1
+        return copied
 
     def _classify(self, prediction: Prediction, now: float) -> Lookup:
         """HIT or STALE for a stored prediction, revalidating it in the background if due."""

@@ -12,6 +12,7 @@ Messages (bytes):
     w <version> <pair> <prediction JSON>     a prediction was stored
     d <version> <pair>                       a prediction was deleted on purpose
     s <version or -> <1 if a flip is pending, else 0>   the active version's state
+    r <generation>                           the pair registry changed (predictions.registry)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from predictions.infra.keys import (
     prediction_key,
     updates_channel,
 )
-from predictions.model.prediction import InvalidPrediction, Prediction, format_time
+from predictions.model.prediction import InvalidPrediction, Prediction, format_time, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,27 @@ end
 return {version, pending, values}
 """
 
+# Each pair's computed_at and fresh_until by the active version (for /metrics): the
+# two timestamps, not the whole prediction, so that many pairs cost little to send.
+_READ_TIMES = """
+local version = redis.call('GET', KEYS[1])
+local values = {}
+if version then
+    for i = 2, #ARGV do
+        local value = redis.pcall('GET', ARGV[1] .. version .. ':' .. ARGV[i])
+        if type(value) == 'string' then
+            local computed = string.match(value, '"computed_at":"([^"]*)"')
+            local fresh = string.match(value, '"fresh_until":"([^"]*)"')
+            if computed and fresh then value = computed .. ' ' .. fresh else value = false end
+        else
+            value = false
+        end
+        values[i - 1] = value
+    end
+end
+return values
+"""
+
 # Monotonic writes: store the prediction unless the key holds one computed at the same
 # time or later (computed_at is ISO 8601 UTC with milliseconds, so text order is time
 # order). A computation that finishes late never overwrites a newer prediction. What is
@@ -113,6 +135,20 @@ redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5] .. ARGV[1])
 return 1
 """
+
+
+class Times(NamedTuple):
+    computed_at: float
+    fresh_until: float
+
+
+def _times(pair: str, raw: bytes | str) -> Times | None:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    computed, _, fresh = text.partition(" ")
+    try:
+        return Times(parse_time(computed, pair), parse_time(fresh, pair))
+    except InvalidPrediction:
+        return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,6 +183,7 @@ class PredictionStore:
         self.grace_seconds = grace_seconds
         self.clock = clock
         self._read_active = client.register_script(_READ_ACTIVE)
+        self._read_times = client.register_script(_READ_TIMES)
         self._write_if_newer = client.register_script(_WRITE_IF_NEWER)
 
     def read(self, pair: str) -> ActiveRead:
@@ -166,6 +203,17 @@ class PredictionStore:
             for pair, raw in zip(pairs, values, strict=True)
         }
         return ActiveRead(version, bool(pending), predictions)
+
+    def read_times(self, pairs: Sequence[str], chunk: int = 10_000) -> dict[str, Times | None]:
+        """Each pair's (computed_at, fresh_until) by the active version, or None; a
+        chunk of pairs per round trip, so that Redis is never held for long."""
+        found: dict[str, Times | None] = {}
+        for first in range(0, len(pairs), chunk):
+            part = pairs[first : first + chunk]
+            values = self._read_times(keys=[active_version_key()], args=[PREDICTION_PREFIX, *part])
+            for pair, raw in zip(part, values or [None] * len(part), strict=True):
+                found[pair] = _times(pair, raw) if raw else None
+        return found
 
     def read_version(self, pair: str, version: str) -> Prediction | None:
         """The pair's prediction by one given version, fresh or within grace, or None."""

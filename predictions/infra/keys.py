@@ -86,9 +86,26 @@ def model_import_key(version: str) -> str:
     return f"{PREFIX}:model:import:{version}"
 
 
-def refresh_slot_key(slot: int) -> str:
-    """Claimed by the one refresh that runs in refresh interval number ``slot``."""
-    return f"{PREFIX}:refresh-slot:{slot}"
+def refresh_slot_key(slot: int, interval_seconds: float) -> str:
+    """Claimed by the one refresh, of the pairs refreshed every ``interval_seconds``,
+    that runs in interval number ``slot``."""
+    return f"{PREFIX}:refresh-slot:{interval_seconds:g}:{slot}"
+
+
+def registry_key() -> str:
+    """The known pairs: a hash of pair -> its own freshness ("" for the settings')."""
+    return f"{PREFIX}:registry:pairs"
+
+
+def registry_state_key() -> str:
+    """The registry's generation (bumped by every change) and its source (PAIRS or the
+    pairs command), in one hash: one read tells a process whether to re-read the pairs."""
+    return f"{PREFIX}:registry:state"
+
+
+def asked_pairs_key() -> str:
+    """The pairs clients asked for, scored by when they were last asked (PRECOMPUTE)."""
+    return f"{PREFIX}:asked"
 
 
 def updates_channel() -> str:

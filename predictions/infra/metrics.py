@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import heapq
+import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -209,45 +211,66 @@ def exposition(*extra: Collector) -> bytes:
 
 
 class FreshnessCollector(Collector):
-    """Per-pair age of the stored prediction and beat's last tick, read at scrape.
+    """Freshness of the stored predictions and beat's last tick, read at scrape.
 
-    ``read`` returns, for each configured pair, the computed_at of the prediction
-    Redis holds (None if none), and the time of beat's last tick (None if unknown).
-    A scrape costs one round trip; if Redis cannot be read, these gauges are absent.
+    ``read`` returns, for each known pair, the (computed_at, fresh_until) of the
+    prediction Redis holds (None if none), and the time of beat's last tick (None if
+    unknown). Every pair is counted by state; per-pair series are exported for at most
+    ``max_pair_series`` pairs, the worst first (missing, then the oldest), so that a
+    scrape stays bounded however many pairs are known. If Redis cannot be read, these
+    gauges are absent.
     """
 
     def __init__(
         self,
-        read: Callable[[], tuple[dict[str, float | None], float | None]],
+        read: Callable[[], tuple[Mapping[str, tuple[float, float] | None], float | None]],
         clock: Callable[[], float],
-        pairs: Sequence[str],
+        max_pair_series: int,
     ) -> None:
         self.read = read
         self.clock = clock
-        self.pairs = pairs
+        self.max_pair_series = max_pair_series
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            computed, last_tick = self.read()
+            times, last_tick = self.read()
         except Exception:  # a scrape must not fail on a Redis outage
             return
         now = self.clock()
+        counts = {"fresh": 0, "stale": 0, "missing": 0}
+        for found in times.values():
+            counts["missing" if found is None else "fresh" if now < found[1] else "stale"] += 1
+        by_state = GaugeMetricFamily(
+            "prediction_pairs",
+            "Known pairs by the state of their stored prediction: fresh, stale (within "
+            "grace) or missing.",
+            labels=["state"],
+        )
+        for state, count in counts.items():
+            by_state.add_metric([state], count)
+        yield by_state
         age = GaugeMetricFamily(
             "prediction_age_seconds",
             "Time since the pair's stored prediction was computed (its last successful "
-            "refresh); absent while nothing is stored.",
+            "refresh); absent while nothing is stored. Only the oldest pairs (see "
+            "METRICS_MAX_PAIR_SERIES).",
             labels=["pair"],
         )
         stored = GaugeMetricFamily(
             "prediction_stored",
-            "1 if Redis holds a prediction for the pair (fresh or within grace).",
+            "1 if Redis holds a prediction for the pair (fresh or within grace). Only "
+            "the missing and oldest pairs (see METRICS_MAX_PAIR_SERIES).",
             labels=["pair"],
         )
-        for pair in self.pairs:
-            computed_at = computed.get(pair)
-            stored.add_metric([pair], 0.0 if computed_at is None else 1.0)
-            if computed_at is not None:
-                age.add_metric([pair], max(0.0, now - computed_at))
+        worst = heapq.nsmallest(
+            self.max_pair_series,
+            times.items(),
+            key=lambda item: -math.inf if item[1] is None else item[1][0],
+        )
+        for pair, found in worst:
+            stored.add_metric([pair], 0.0 if found is None else 1.0)
+            if found is not None:
+                age.add_metric([pair], max(0.0, now - found[0]))
         yield age
         yield stored
         if last_tick is not None:

@@ -46,6 +46,7 @@ class Predictor:
         clock: Clock,
         simulated_latency_seconds: float = 0.0,
         sleep: Callable[[float], None] = time.sleep,
+        ttl_of: Callable[[str], float] | None = None,
     ) -> None:
         # The catalog owns the models; a model handed over in code (tests) becomes the
         # default of a catalog of its own.
@@ -58,6 +59,8 @@ class Predictor:
         self.market_data = market_data
         self.horizon_seconds = horizon_seconds
         self.ttl_seconds = ttl_seconds
+        # A pair's own TTL (the pair registry's), else ttl_seconds for every pair.
+        self.ttl_of = ttl_of or (lambda _pair: ttl_seconds)
         self.simulated_latency_seconds = simulated_latency_seconds
         self.clock = clock
         self.sleep = sleep
@@ -163,7 +166,7 @@ class Predictor:
             predicted_price=price,  # type: ignore[arg-type]  # validated by Prediction
             horizon_seconds=self.horizon_seconds,
             computed_at=computed_at,
-            fresh_until=round(computed_at + self.ttl_seconds, 3),
+            fresh_until=round(computed_at + self.ttl_of(pair), 3),
             model_version=model.version,
             data_source=self.market_data.name,
             compute_seconds=round(seconds, 6),

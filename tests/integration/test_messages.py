@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 from kombu.connection import Connection
 
+from beat_schedule import REFRESH_BATCH_TASK
 from predictions.infra.keys import prediction_key
 from predictions.settings import Settings
 from tests.harness.processes import ProcessFactory, RedisServer, wait_for
 from tests.harness.system import TEST_VERSION
 from worker.celery_app import create_celery
-from worker.tasks import DEPRECATED_REFRESH_BATCH_TASK, REFRESH_BATCH_TASK
+from worker.tasks import DEPRECATED_REFRESH_BATCH_TASK
 
 pytestmark = pytest.mark.integration
 

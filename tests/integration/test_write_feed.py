@@ -33,7 +33,7 @@ def client(redis_server: RedisServer) -> redis.Redis:
 @pytest.fixture
 def followed(client: redis.Redis) -> Iterator[tuple[NearCache, WriteFollower]]:
     near = NearCache(0.25, clock=HostClock())  # the real clocks: predictions made fresh from now
-    follower = WriteFollower(client, near, PAIRS, recheck_seconds=0.3, retry_seconds=0.1)
+    follower = WriteFollower(client, near, recheck_seconds=0.3, retry_seconds=0.1)
     follower.ensure_running()
     wait_for(lambda: near.following, 5, what="the subscription")
     yield near, follower

@@ -72,7 +72,6 @@ def wiring_of(settings: Settings, store: PredictionStore, predictor: Predictor) 
         clock=store.clock,
         store=store,
         given_predictor=predictor,
-        pairs=frozenset(settings.pairs),
     )
 
 

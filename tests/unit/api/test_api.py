@@ -39,7 +39,7 @@ def test_create_app_uses_the_given_settings(
     app = create_app(settings, redis_client)
     state = app.extensions["predictions"]
     assert state.settings is settings
-    assert state.pairs == frozenset(settings.pairs)
+    assert state.known.pairs == frozenset(settings.pairs)
     assert state.cache.store.redis is redis_client
     assert state.cache.limits == Limits.from_settings(settings)
 
@@ -95,10 +95,11 @@ def test_bad_paths_get_json_errors_and_write_nothing(
     status: int,
     code: str,
 ) -> None:
+    before = redis_client.dbsize()  # the pair registry, seeded from PAIRS at start
     response = client.get(path)
     assert response.status_code == status
     assert _error(response)["code"] == code
-    assert redis_client.dbsize() == 0
+    assert redis_client.dbsize() == before
     assert model.calls == []
 
 
@@ -106,11 +107,12 @@ def test_bad_paths_get_json_errors_and_write_nothing(
 def test_other_methods_are_405_json(
     client: FlaskClient, method: str, redis_client: fakeredis.FakeRedis
 ) -> None:
+    before = redis_client.dbsize()
     response = client.open("/predict/ETH-EUR", method=method)
     assert response.status_code == 405
     assert _error(response)["code"] == "method_not_allowed"
     assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD"}
-    assert redis_client.dbsize() == 0
+    assert redis_client.dbsize() == before
 
 
 def test_corrupt_entry_is_recomputed_and_overwritten(
@@ -140,12 +142,12 @@ def test_a_failing_model_is_a_503_and_nothing_is_cached(
     assert redis_client.keys(prediction_key("*", "*")) == []  # no prediction
 
 
-def test_pairs_lists_every_configured_pair_with_its_age(
-    client: FlaskClient, settings: Settings
-) -> None:
+def test_pairs_lists_every_known_pair_with_its_age(client: FlaskClient, settings: Settings) -> None:
     client.get("/predict/BTC-EUR")
-    pairs = client.get("/pairs").get_json()["pairs"]
-    assert [item["pair"] for item in pairs] == list(settings.pairs)
+    answer = client.get("/pairs").get_json()
+    assert answer["next_cursor"] is None
+    pairs = answer["pairs"]
+    assert [item["pair"] for item in pairs] == sorted(settings.pairs)
     cached = {item["pair"]: item for item in pairs if item["cached"]}
     assert set(cached) == {"BTC-EUR"}
     assert 0 <= cached["BTC-EUR"]["age_seconds"] < 5

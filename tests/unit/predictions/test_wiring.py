@@ -65,7 +65,7 @@ def test_one_wiring_shares_one_client_and_one_clock() -> None:
     # Beat and the tools never compute: nothing of the model side is built for them.
     assert "predictor" not in vars(wiring)
     assert wiring.predictor.clock is wiring.clock
-    assert wiring.pairs == frozenset(Settings().pairs)
+    assert wiring.known.pairs == frozenset(Settings().pairs)
     # A client of the caller's: the write feed is not followed unless asked for.
     assert not wiring.follow_writes
 

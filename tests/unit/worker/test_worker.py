@@ -6,7 +6,12 @@ import time
 import fakeredis
 import pytest
 
-from beat_schedule import CLOCK_SKEW_ALLOWANCE_SECONDS, REFRESH_ALL_TASK, build_schedule
+from beat_schedule import (
+    CLOCK_SKEW_ALLOWANCE_SECONDS,
+    REFRESH_ALL_TASK,
+    REFRESH_BATCH_TASK,
+    build_schedule,
+)
 from predictions.cache.store import PredictionStore
 from predictions.infra.keys import (
     active_version_key,
@@ -28,7 +33,7 @@ from worker.refresh import (
     lock_plan,
     refresh_batch,
 )
-from worker.tasks import DEPRECATED_REFRESH_BATCH_TASK, REFRESH_BATCH_TASK
+from worker.tasks import DEPRECATED_REFRESH_BATCH_TASK
 
 
 def test_refresh_writes_every_pair_with_its_expiry(
@@ -221,7 +226,7 @@ def test_one_refresh_per_interval_whoever_asks(redis_client: fakeredis.FakeRedis
     assert claim_refresh_slot(redis_client, 20, now=1_000.0)
     assert not claim_refresh_slot(redis_client, 20, now=1_019.9)  # a second beat
     assert claim_refresh_slot(redis_client, 20, now=1_020.0)  # the next interval
-    assert 0 < redis_client.pttl(refresh_slot_key(51)) <= 40_000
+    assert 0 < redis_client.pttl(refresh_slot_key(51, 20)) <= 40_000
 
 
 @pytest.mark.parametrize(

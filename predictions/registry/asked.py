@@ -1,0 +1,108 @@
+"""Which pairs clients ask for: recorded by the API, read by the refresh (PRECOMPUTE).
+
+An API process notes each pair it is asked for in memory and sends the set to Redis at
+most once per FLUSH_SECONDS, in one ZADD scored by the time (Redis's clock): a request
+costs a set insertion, never a Redis write. Under PRECOMPUTE=asked the refresh keeps
+warm the pairs asked within their last ASKED_LIFETIMES freshness lifetimes; the others
+are computed on their next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+
+import redis
+
+from predictions.infra import keys
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 1.0
+ASKED_LIFETIMES = 3
+# Members per ZADD: one command stays small however many pairs a second brought.
+_CHUNK = 1000
+
+
+class AskedPairs:
+    """This process's asked pairs, flushed to Redis from a background thread."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        now: Callable[[], float],
+        flush_seconds: float = FLUSH_SECONDS,
+    ) -> None:
+        self.redis = client
+        self.now = now
+        self.flush_seconds = flush_seconds
+        self._asked: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def record(self, pair: str) -> None:
+        """Note that a client asked for ``pair`` (a known one)."""
+        self._asked.add(pair)
+        if self._thread is None:
+            self._start()
+
+    def flush(self) -> int:
+        """Send what was asked since the last flush; returns how many pairs."""
+        asked, self._asked = self._asked, set()
+        if not asked:
+            return 0
+        score = self.now()
+        members = list(asked)
+        pipe = self.redis.pipeline(transaction=False)
+        for first in range(0, len(members), _CHUNK):
+            pipe.zadd(keys.asked_pairs_key(), dict.fromkeys(members[first : first + _CHUNK], score))
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            self._asked |= asked  # kept for the next flush, still bounded by the pairs
+            raise
+        return len(members)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._flush_forever, name="asked-pairs-flusher", daemon=True
+                )
+                self._thread.start()
+
+    def _flush_forever(self) -> None:
+        stop = threading.Event()
+        failing = False
+        while not stop.wait(self.flush_seconds):
+            try:
+                self.flush()
+            except redis.RedisError as exc:
+                if not failing:
+                    log.warning("cannot record asked pairs, will retry: %r", exc)
+                failing = True
+            else:
+                failing = False
+
+
+def recently_asked(
+    client: redis.Redis, now: float, candidates: Iterable[str], ttl_of: Callable[[str], float]
+) -> list[str]:
+    """The candidates asked within their last ASKED_LIFETIMES freshness lifetimes, in
+    their given order; older entries are dropped from Redis on the way."""
+    candidates = list(candidates)
+    if not candidates:
+        return []
+    longest = max(ttl_of(pair) for pair in candidates) * ASKED_LIFETIMES
+    pipe = client.pipeline(transaction=False)
+    # Asked longer ago than any pair's window: gone, so the set stays bounded.
+    pipe.zremrangebyscore(keys.asked_pairs_key(), "-inf", f"({now - longest}")
+    pipe.zrangebyscore(keys.asked_pairs_key(), now - longest, "+inf", withscores=True)
+    _, asked = pipe.execute()
+    when = {(p.decode() if isinstance(p, bytes) else p): score for p, score in asked}
+    return [
+        pair
+        for pair in candidates
+        if pair in when and when[pair] >= now - ttl_of(pair) * ASKED_LIFETIMES
+    ]
