@@ -79,22 +79,28 @@ class KnownPairs:
         """Make the registry mirror PAIRS (see PairRegistry.seed), then read it. A
         process whose Redis user may not write the registry (the API's) only reads."""
         try:
-            mirrored = self.registry.seed(self._fallback)
-        except redis.exceptions.NoPermissionError:
-            mirrored = True
-        except RegistryRefused as exc:
-            log.error("PAIRS not written to the registry: %s", exc)
-            mirrored = True
+            mirrored = self._seed_unless_read_only()
+            self.reload_if_changed()
         except redis.RedisError as exc:
             log.warning("cannot read the pair registry yet, serving PAIRS: %r", exc)
             return
-        self.reload_if_changed()
         if not mirrored and self.pairs != frozenset(self._fallback):
             log.warning(
                 "the pair registry wins over PAIRS: it was changed with the pairs command "
                 "(python -m predictions.pairs) and holds %d pairs",
                 len(self.pairs),
             )
+
+    def _seed_unless_read_only(self) -> bool:
+        try:
+            return self.registry.seed(self._fallback)
+        except RegistryRefused as exc:
+            log.error("PAIRS not written to the registry: %s", exc)
+        except redis.ResponseError as exc:
+            if "NOPERM" not in str(exc):
+                raise
+            # The API's Redis user, which may not write it: beat and the workers seed it.
+        return True
 
     def reload_if_changed(self) -> bool:
         """Re-read the registry if its generation moved; True if the view changed."""
