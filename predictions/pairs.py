@@ -114,6 +114,8 @@ def run(args: argparse.Namespace, settings: Settings, registry: PairRegistry) ->
         return f"{len(pairs)} removed; their predictions expire on their own"
     text = sys.stdin.read() if args.file == "-" else _read(args.file)
     entries = parse_lines(text.splitlines(), defaults)
+    if not entries:
+        raise BadInput(f"no pairs in {args.file}; nothing was written (remove takes pairs away)")
     if args.merge:
         new, total = registry.add(entries)
         return f"{new} added, {len(entries) - new} updated; {total} known pairs"

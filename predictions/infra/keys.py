@@ -97,6 +97,17 @@ def registry_key() -> str:
     return f"{PREFIX}:registry:pairs"
 
 
+def registry_staging_key(token: str) -> str:
+    """A new set of known pairs being written, a chunk at a time, before it is swapped in
+    (with an expiry, so that a writer that dies leaves nothing behind)."""
+    return f"{PREFIX}:registry:staging:{token}"
+
+
+def registry_retired_key(token: str) -> str:
+    """The set of known pairs just swapped out, freed in the background (UNLINK)."""
+    return f"{PREFIX}:registry:retired:{token}"
+
+
 def registry_state_key() -> str:
     """The registry's generation (bumped by every change) and its source (PAIRS or the
     pairs command), in one hash: one read tells a process whether to re-read the pairs."""
