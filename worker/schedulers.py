@@ -77,7 +77,9 @@ class WarmStartScheduler(Scheduler):  # type: ignore[misc]
         known = wiring.known
         known.reload_if_changed()
         now = wiring.clock.now()
-        added = known.pairs - self._known_pairs if self._known_pairs is not None else ()
+        added: frozenset[str] = frozenset()
+        if self._known_pairs is not None and known.pairs is not self._known_pairs:
+            added = known.pairs - self._known_pairs  # once per change, not per tick
         self._known_pairs = known.pairs
         if added and settings.precompute == "all":
             interval = settings.refresh_interval_seconds

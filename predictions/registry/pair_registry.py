@@ -176,9 +176,9 @@ class PairRegistry:
         """Mirror PAIRS, unless the pairs command changed the registry; False then
         (the registry wins)."""
         entries = dict.fromkeys(pairs, "")
-        current = self.read()
-        if current.source == SOURCE_COMMAND:
+        if self._state()[1] == SOURCE_COMMAND:  # before reading what may be many pairs
             return False
+        current = self.read()
         if current.generation is not None and current.entries == entries:
             return True
         if len(entries) > self.max_pairs:
