@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import pytest
 
-from predictions.infra.keys import active_version_key, prediction_key
+from predictions.infra.keys import active_version_key, asked_pairs_key, prediction_key
 from tests.harness.http import computations, get
 from tests.harness.processes import ProcessFactory, RedisServer, wait_for
 from tests.harness.store import cached
@@ -156,16 +156,20 @@ def test_bad_requests_get_json_4xx_and_write_nothing(
 ) -> None:
     api = start("api")
     client = redis_server.client()
+    before = set(client.keys())  # the pair registry, seeded from PAIRS at start
+    assert not client.keys("pc:prediction:*")
     for method, path, status in BAD_REQUESTS:
         answer = get(api, path, method)
         assert answer.status == status, (method, path)
         assert answer.headers["Content-Type"] == "application/json"
         assert set(answer.body["error"]) == {"status", "code", "message"}
-        assert client.dbsize() == 0, (method, path)
+        assert set(client.keys()) == before, (method, path)
     assert api.count("computed prediction") == 0
     # A good request does write: the key count above could have moved. (On this fresh
     # cache it also makes the API's model the active version, and records its import.)
     assert get(api, "/predict/ETH-EUR").status == 200
     assert client.exists(prediction_key("ETH-EUR", TEST_VERSION))
     assert client.get(active_version_key()) == TEST_VERSION.encode()
-    assert client.dbsize() == 3
+    # Those three keys, and the pairs asked for (sent once a second): nothing else.
+    written = set(client.keys()) - before
+    assert len(written - {asked_pairs_key().encode()}) == 3
