@@ -87,7 +87,7 @@ def rollout(
     wiring.known.reload_if_changed()
     pairs = wiring.known.sorted_pairs()
     if settings.precompute == "asked":  # the others are computed when next asked
-        pairs = recently_asked(client, clock.now(), pairs, wiring.known.ttl_seconds)
+        pairs = recently_asked(client, clock.now(), pairs, wiring.known)
     predictions = _precompute(predictor, store, model, pairs)
     say(f"precomputed {len(pairs)} pairs with {model.version}")
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 import redis
 
 from predictions.infra import keys
+from predictions.registry.known import KnownPairs
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +88,23 @@ class AskedPairs:
 
 
 def recently_asked(
-    client: redis.Redis, now: float, candidates: Iterable[str], ttl_of: Callable[[str], float]
+    client: redis.Redis,
+    now: float,
+    candidates: Iterable[str],
+    known: KnownPairs,
 ) -> list[str]:
     """The candidates asked within their last ASKED_LIFETIMES freshness lifetimes, in
-    their given order; older entries are dropped from Redis on the way."""
+    their given order. Entries older than any known pair's window are dropped from
+    Redis on the way, so the set stays bounded."""
     candidates = list(candidates)
     if not candidates:
         return []
-    longest = max(ttl_of(pair) for pair in candidates) * ASKED_LIFETIMES
+    ttl_of = known.ttl_seconds
+    window = max(ttl_of(pair) for pair in candidates) * ASKED_LIFETIMES
+    oldest = now - known.longest_ttl() * ASKED_LIFETIMES
     pipe = client.pipeline(transaction=False)
-    # Asked longer ago than any pair's window: gone, so the set stays bounded.
-    pipe.zremrangebyscore(keys.asked_pairs_key(), "-inf", f"({now - longest}")
-    pipe.zrangebyscore(keys.asked_pairs_key(), now - longest, "+inf", withscores=True)
+    pipe.zremrangebyscore(keys.asked_pairs_key(), "-inf", f"({oldest}")
+    pipe.zrangebyscore(keys.asked_pairs_key(), now - window, "+inf", withscores=True)
     _, asked = pipe.execute()
     when = {(p.decode() if isinstance(p, bytes) else p): score for p, score in asked}
     return [

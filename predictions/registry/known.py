@@ -58,6 +58,10 @@ class KnownPairs:
         own = self._own.get(pair)
         return self.defaults.ttl_seconds if own is None else own.ttl_seconds
 
+    def longest_ttl(self) -> float:
+        """The longest TTL of any known pair."""
+        return max([self.defaults.ttl_seconds, *(own.ttl_seconds for own in self._own.values())])
+
     def sorted_pairs(self) -> list[str]:
         """The known pairs in name order (for paging), computed once per generation."""
         ordered = self._sorted
