@@ -49,7 +49,11 @@ def create_app(
         wiring.predictor.models.default_model()
     wiring.known.seed()
     if redis_client is None:
+        # Now, in the worker process (gunicorn loads the app after its fork): the
+        # registry followed, and the near copies filled before the first requests.
         wiring.known.ensure_watching()
+        if wiring.cache.feed is not None:
+            wiring.cache.feed.ensure_running()
     state = ApiState(settings=settings, known=wiring.known, asked=wiring.asked, cache=wiring.cache)
     app.extensions["predictions"] = state
     app.register_blueprint(bp)

@@ -160,12 +160,16 @@ def pairs() -> Response:
     return response
 
 
+_DIGITS = re.compile(r"[0-9]{1,7}")
+
+
 def _page(ordered: list[str]) -> tuple[list[str], str | None]:
     """The page ``?cursor=&limit=`` asks for, and the cursor of the next one (None at
     the end). The cursor is the last pair of the previous page: a page stays right
     while pairs are added or removed around it."""
     raw_limit = request.args.get("limit", str(MAX_PAGE))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+    # ASCII digits only: str.isdigit and int() take other scripts' digits too.
+    if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise BadRequest(f"limit: give a whole number from 1 to {MAX_PAGE}")
     limit = int(raw_limit)
     cursor = request.args.get("cursor")
