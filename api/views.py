@@ -6,7 +6,7 @@ import bisect
 import dataclasses
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import orjson
 from flask import Blueprint, Response, current_app, request
@@ -190,13 +190,16 @@ def prometheus_metrics() -> Response:
     state = _state()
     store = state.cache.store
 
-    def read_freshness() -> tuple[Mapping[str, tuple[float, float] | None], float | None]:
-        times = store.read_times(state.known.sorted_pairs())
-        return times, read_beat_tick(store.redis)
+    def read_freshness() -> tuple[
+        Mapping[str, int], Sequence[tuple[str, float | None]], float | None
+    ]:
+        now = state.cache.clock.now()
+        stored = store.freshness(
+            state.known.sorted_pairs(), now, state.settings.metrics_max_pair_series
+        )
+        return stored.counts, stored.worst, read_beat_tick(store.redis)
 
-    collector = metrics.FreshnessCollector(
-        read_freshness, state.cache.clock.now, state.settings.metrics_max_pair_series
-    )
+    collector = metrics.FreshnessCollector(read_freshness, state.cache.clock.now)
     # content_type, not mimetype: Werkzeug would append a second charset to text/plain.
     return Response(metrics.exposition(collector), content_type=metrics.CONTENT_TYPE)
 

@@ -18,6 +18,7 @@ Messages (bytes):
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
@@ -137,18 +138,13 @@ return 1
 """
 
 
-class Times(NamedTuple):
-    computed_at: float
-    fresh_until: float
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredFreshness:
+    """How fresh the stored predictions of many pairs are, for /metrics."""
 
-
-def _times(pair: str, raw: bytes | str) -> Times | None:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    computed, _, fresh = text.partition(" ")
-    try:
-        return Times(parse_time(computed, pair), parse_time(fresh, pair))
-    except InvalidPrediction:
-        return None
+    counts: dict[str, int]  # pairs "fresh", "stale" (within grace) and "missing"
+    # The worst pairs, worst first: missing ones (None), then the oldest computed_at.
+    worst: list[tuple[str, float | None]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -204,16 +200,36 @@ class PredictionStore:
         }
         return ActiveRead(version, bool(pending), predictions)
 
-    def read_times(self, pairs: Sequence[str], chunk: int = 10_000) -> dict[str, Times | None]:
-        """Each pair's (computed_at, fresh_until) by the active version, or None; a
-        chunk of pairs per round trip, so that Redis is never held for long."""
-        found: dict[str, Times | None] = {}
+    def freshness(
+        self, pairs: Sequence[str], now: float, worst: int, chunk: int = 2000
+    ) -> StoredFreshness:
+        """Every pair counted by the state of its stored prediction, and the ``worst``
+        missing or oldest ones; a chunk of pairs per round trip (a few milliseconds of
+        Redis each). Timestamps are compared as text (ISO 8601 UTC with milliseconds
+        sorts as time does): only the worst are parsed, so many pairs cost little."""
+        now_text = format_time(now)
+        counts = {"fresh": 0, "stale": 0, "missing": 0}
+        found: list[tuple[str, str]] = []  # (computed_at text, pair); "" if missing
         for first in range(0, len(pairs), chunk):
             part = pairs[first : first + chunk]
             values = self._read_times(keys=[active_version_key()], args=[PREDICTION_PREFIX, *part])
             for pair, raw in zip(part, values or [None] * len(part), strict=True):
-                found[pair] = _times(pair, raw) if raw else None
-        return found
+                if not raw:
+                    counts["missing"] += 1
+                    found.append(("", pair))
+                    continue
+                computed, _, fresh = (raw.decode() if isinstance(raw, bytes) else raw).partition(
+                    " "
+                )
+                counts["fresh" if fresh > now_text else "stale"] += 1
+                found.append((computed, pair))
+        ordered = []
+        for computed, pair in heapq.nsmallest(worst, found):
+            try:
+                ordered.append((pair, parse_time(computed, pair) if computed else None))
+            except InvalidPrediction:
+                ordered.append((pair, None))
+        return StoredFreshness(counts, ordered)
 
     def read_version(self, pair: str, version: str) -> Prediction | None:
         """The pair's prediction by one given version, fresh or within grace, or None."""

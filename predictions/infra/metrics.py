@@ -17,10 +17,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
-import heapq
-import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -213,33 +211,30 @@ def exposition(*extra: Collector) -> bytes:
 class FreshnessCollector(Collector):
     """Freshness of the stored predictions and beat's last tick, read at scrape.
 
-    ``read`` returns, for each known pair, the (computed_at, fresh_until) of the
-    prediction Redis holds (None if none), and the time of beat's last tick (None if
-    unknown). Every pair is counted by state; per-pair series are exported for at most
-    ``max_pair_series`` pairs, the worst first (missing, then the oldest), so that a
+    ``read`` returns every known pair's count by state (fresh, stale, missing), the
+    worst pairs, worst first, with the computed_at of their stored prediction (None if
+    none), and the time of beat's last tick (None if unknown). Per-pair series are
+    exported for those worst pairs only (at most METRICS_MAX_PAIR_SERIES), so that a
     scrape stays bounded however many pairs are known. If Redis cannot be read, these
     gauges are absent.
     """
 
     def __init__(
         self,
-        read: Callable[[], tuple[Mapping[str, tuple[float, float] | None], float | None]],
+        read: Callable[
+            [], tuple[Mapping[str, int], Sequence[tuple[str, float | None]], float | None]
+        ],
         clock: Callable[[], float],
-        max_pair_series: int,
     ) -> None:
         self.read = read
         self.clock = clock
-        self.max_pair_series = max_pair_series
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            times, last_tick = self.read()
+            counts, worst, last_tick = self.read()
         except Exception:  # a scrape must not fail on a Redis outage
             return
         now = self.clock()
-        counts = {"fresh": 0, "stale": 0, "missing": 0}
-        for found in times.values():
-            counts["missing" if found is None else "fresh" if now < found[1] else "stale"] += 1
         by_state = GaugeMetricFamily(
             "prediction_pairs",
             "Known pairs by the state of their stored prediction: fresh, stale (within "
@@ -262,15 +257,10 @@ class FreshnessCollector(Collector):
             "the missing and oldest pairs (see METRICS_MAX_PAIR_SERIES).",
             labels=["pair"],
         )
-        worst = heapq.nsmallest(
-            self.max_pair_series,
-            times.items(),
-            key=lambda item: -math.inf if item[1] is None else item[1][0],
-        )
-        for pair, found in worst:
-            stored.add_metric([pair], 0.0 if found is None else 1.0)
-            if found is not None:
-                age.add_metric([pair], max(0.0, now - found[0]))
+        for pair, computed_at in worst:
+            stored.add_metric([pair], 0.0 if computed_at is None else 1.0)
+            if computed_at is not None:
+                age.add_metric([pair], max(0.0, now - computed_at))
         yield age
         yield stored
         if last_tick is not None:
