@@ -39,7 +39,13 @@ from predictions.cache import (
 )
 from predictions.infra import Clock, metrics, process_clock
 from predictions.model import ModelCatalog, Offload, Predictor, build_market_data, run_here
-from predictions.registry import AskedPairs, Freshness, KnownPairs, PairRegistry
+from predictions.registry import (
+    AskedPairs,
+    Freshness,
+    KnownPairs,
+    PairRegistry,
+    most_recently_asked,
+)
 from predictions.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -196,8 +202,14 @@ class Wiring:
         return cache
 
     def _warm(self, cache: PredictionCache) -> None:
-        """Fill a new subscription's near copies with the known pairs' predictions."""
-        copied = cache.warm(self.known.sorted_pairs())
+        """Fill a new subscription's near copies with the known pairs' predictions:
+        all of them if they fit, else the most recently asked."""
+        known, room = self.known, self.settings.near_cache_max_pairs
+        if len(known.pairs) <= room:
+            pairs = known.sorted_pairs()
+        else:
+            pairs = most_recently_asked(self.redis, room, known)
+        copied = cache.warm(pairs)
         log.info("near copies filled pairs=%d", copied, extra={"pairs": copied})
 
 

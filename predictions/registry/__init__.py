@@ -1,7 +1,12 @@
 """The known pairs: the registry in Redis, each process's live view of it, each pair's
 own freshness, and which pairs clients ask for (PRECOMPUTE=asked)."""
 
-from predictions.registry.asked import ASKED_LIFETIMES, AskedPairs, recently_asked
+from predictions.registry.asked import (
+    ASKED_LIFETIMES,
+    AskedPairs,
+    most_recently_asked,
+    recently_asked,
+)
 from predictions.registry.freshness import Freshness, InvalidFreshness, OwnFreshness, seconds
 from predictions.registry.known import KnownPairs
 from predictions.registry.pair_registry import (
@@ -24,6 +29,7 @@ __all__ = [
     "PairRegistry",
     "RegistryRefused",
     "Snapshot",
+    "most_recently_asked",
     "recently_asked",
     "seconds",
 ]

@@ -112,3 +112,10 @@ def recently_asked(
         for pair in candidates
         if pair in when and when[pair] >= now - ttl_of(pair) * ASKED_LIFETIMES
     ]
+
+
+def most_recently_asked(client: redis.Redis, count: int, known: KnownPairs) -> list[str]:
+    """Up to ``count`` known pairs, the most recently asked first."""
+    newest = client.zrevrange(keys.asked_pairs_key(), 0, count - 1)
+    pairs = (p.decode() if isinstance(p, bytes) else p for p in newest)
+    return [pair for pair in pairs if pair in known.pairs]
