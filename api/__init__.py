@@ -49,7 +49,10 @@ def create_app(
         wiring.predictor.models.default_model()
     wiring.known.seed()
     if redis_client is None:
+        # Background threads for a process's own client only: a test's app (given its
+        # client) writes nothing behind the test's back, and flushes when told to.
         wiring.known.ensure_watching()
+        wiring.asked.ensure_flushing()
     state = ApiState(settings=settings, known=wiring.known, asked=wiring.asked, cache=wiring.cache)
     app.extensions["predictions"] = state
     app.register_blueprint(bp)

@@ -13,6 +13,8 @@ from predictions.infra import PAIR_PATTERN
 from predictions.model import PREDICTION_FIELDS
 
 MAX_BATCH = 100
+# The most pairs in one page of GET /pairs.
+MAX_PAGE = 1000
 # 1 to MAX_BATCH comma-separated items, the first with a letter or digit.
 BATCH_PATTERN = rf"[^,]*[A-Za-z0-9][^,]*(,[^,]*){{0,{MAX_BATCH - 1}}}"
 
@@ -104,9 +106,25 @@ def openapi_document() -> dict[str, Any]:
             "/pairs": {
                 "get": {
                     "operationId": "pairs",
-                    "summary": "The configured pairs and the age of each cached prediction",
+                    "summary": "The known pairs, a page at a time, and each one's cached state",
+                    "parameters": [
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "description": "The previous page's next_cursor (none or "
+                            "empty: the first page)",
+                            "schema": {"type": "string", "pattern": f"(^$)|({PAIR_PATTERN})"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "description": f"At most this many pairs (default {MAX_PAGE})",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                        },
+                    ],
                     "responses": {
-                        "200": _json({"$ref": "#/components/schemas/Pairs"}, "Every pair"),
+                        "200": _json({"$ref": "#/components/schemas/Pairs"}, "A page of pairs"),
+                        "400": _json(_ERROR, "A limit or cursor out of bounds"),
                         "503": _unavailable("Redis is unreachable"),
                     },
                 }
@@ -195,8 +213,12 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Pairs": {
         "type": "object",
-        "required": ["pairs"],
+        "required": ["pairs", "next_cursor"],
         "properties": {
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "The cursor of the next page; null on the last",
+            },
             "pairs": {
                 "type": "array",
                 "items": {
@@ -210,9 +232,11 @@ _SCHEMAS: dict[str, Any] = {
                         "status": {"enum": ["fresh", "stale"]},
                         "age_seconds": {"type": "number"},
                         "fresh_for_seconds": {"type": "number", "minimum": 0},
+                        "ttl_seconds": {"type": "number", "exclusiveMinimum": 0},
+                        "refresh_seconds": {"type": "number", "exclusiveMinimum": 0},
                     },
                 },
-            }
+            },
         },
     },
     "Status": {

@@ -15,7 +15,7 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from api import observe
 from api.answer import prediction_answer, server_timing
 from api.errors import BadPairRequest, PairNotFound, RetryLater, error_code
-from api.openapi import BATCH_PATTERN, MAX_BATCH, openapi_document
+from api.openapi import BATCH_PATTERN, MAX_BATCH, MAX_PAGE, openapi_document
 from predictions.cache import Outcome, PredictionCache
 from predictions.infra import InvalidPair, canonical_pair, metrics, read_beat_tick
 from predictions.registry import AskedPairs, KnownPairs
@@ -131,10 +131,6 @@ def _item_error(error: HTTPException) -> dict[str, object]:
     }
 
 
-# The most pairs in one page of GET /pairs.
-MAX_PAGE = 1000
-
-
 @bp.get("/pairs")
 def pairs() -> Response:
     """The known pairs in name order, a page at a time, with each one's cached state."""
@@ -169,7 +165,9 @@ def _page(ordered: list[str]) -> tuple[list[str], str | None]:
     the end). The cursor is the last pair of the previous page: a page stays right
     while pairs are added or removed around it."""
     raw_limit = request.args.get("limit", str(MAX_PAGE))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+    # ASCII digits, and few: int() refuses "²" (a digit to isdigit) and 5,000 digits.
+    digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 9
+    if not digits or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise BadRequest(f"limit: give a whole number from 1 to {MAX_PAGE}")
     limit = int(raw_limit)
     cursor = request.args.get("cursor", "")

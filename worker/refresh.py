@@ -61,7 +61,9 @@ def due_pairs(wiring: Wiring, interval_seconds: float, now: float) -> list[str]:
     known.reload_if_changed()
     pairs = known.by_refresh_interval().get(interval_seconds, [])
     if wiring.settings.precompute == "asked":
-        pairs = recently_asked(wiring.redis, now, pairs, known.ttl_seconds)
+        pairs = recently_asked(
+            wiring.redis, now, pairs, known.ttl_seconds, known.longest_ttl_seconds()
+        )
     return pairs
 
 

@@ -44,6 +44,9 @@ class AskedPairs:
     def record(self, pair: str) -> None:
         """Note that a client asked for ``pair`` (a known one)."""
         self._asked.add(pair)
+
+    def ensure_flushing(self) -> None:
+        """Flush from a background thread, once per process (after gunicorn's fork)."""
         if self._thread is None:
             self._start()
 
@@ -87,14 +90,21 @@ class AskedPairs:
 
 
 def recently_asked(
-    client: redis.Redis, now: float, candidates: Iterable[str], ttl_of: Callable[[str], float]
+    client: redis.Redis,
+    now: float,
+    candidates: Iterable[str],
+    ttl_of: Callable[[str], float],
+    longest_ttl: float | None = None,
 ) -> list[str]:
     """The candidates asked within their last ASKED_LIFETIMES freshness lifetimes, in
-    their given order; older entries are dropped from Redis on the way."""
+    their given order. Entries asked before ASKED_LIFETIMES of ``longest_ttl`` (the
+    longest TTL of any known pair; by default the candidates') are dropped on the way."""
     candidates = list(candidates)
     if not candidates:
         return []
-    longest = max(ttl_of(pair) for pair in candidates) * ASKED_LIFETIMES
+    # Every known pair's, not only the candidates': a refresh of the pairs of one
+    # interval must not drop the entries of pairs with longer lifetimes.
+    longest = max([longest_ttl or 0.0, *map(ttl_of, candidates)]) * ASKED_LIFETIMES
     pipe = client.pipeline(transaction=False)
     # Asked longer ago than any pair's window: gone, so the set stays bounded.
     pipe.zremrangebyscore(keys.asked_pairs_key(), "-inf", f"({now - longest}")

@@ -58,6 +58,11 @@ class KnownPairs:
         own = self._own.get(pair)
         return self.defaults.ttl_seconds if own is None else own.ttl_seconds
 
+    def longest_ttl_seconds(self) -> float:
+        """The longest TTL of any known pair (how long an asked pair stays of interest)."""
+        own = self._own.values()
+        return max([self.defaults.ttl_seconds, *(freshness.ttl_seconds for freshness in own)])
+
     def sorted_pairs(self) -> list[str]:
         """The known pairs in name order (for paging), computed once per generation."""
         ordered = self._sorted

@@ -135,3 +135,31 @@ def test_write_many_and_read_many_take_one_round_trip_each(
         "BTC-USD": None,
     }
     assert store.read_many([]).predictions == {}
+
+
+def test_read_times_gives_each_pairs_two_instants_a_chunk_at_a_time(
+    store: PredictionStore, redis_client: fakeredis.FakeRedis, predictor: Predictor
+) -> None:
+    pairs = ["ETH-EUR", "BTC-EUR", "ETH-USD"]
+    predictions = {pair: predictor.compute(pair) for pair in pairs}
+    assert store.read_times([*pairs, "BTC-USD"]) == dict.fromkeys([*pairs, "BTC-USD"])
+    store.write_many(predictions.values(), time.time())
+    _activate(redis_client, predictor.compute("ETH-EUR").model_version)
+    redis_client.set(prediction_key("ETH-USD", M1), b"garbage")  # another version's: unread
+    redis_client.set(
+        prediction_key("BTC-USD", "counting-1"), b'{"computed_at":"x","fresh_until":"y"}'
+    )
+    redis_client.set(prediction_key("SOL-EUR", "counting-1"), b'{"computed_at":"x"}')
+    calls: list[int] = []
+    script = store._read_times
+
+    def counted(keys: list[str], args: list[str]) -> object:
+        calls.append(len(args) - 1)
+        return script(keys=keys, args=args)
+
+    store._read_times = counted  # type: ignore[assignment]
+    times = store.read_times([*pairs, "BTC-USD", "SOL-EUR"], chunk=3)
+    assert calls == [3, 2]
+    for pair in pairs:
+        assert times[pair] == (predictions[pair].computed_at, predictions[pair].fresh_until)
+    assert times["BTC-USD"] is None and times["SOL-EUR"] is None  # unreadable

@@ -3,13 +3,18 @@ gunicorn is tested in tests/integration/test_observability.py."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import fakeredis
 import redis
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import create_app
 from predictions.infra import metrics
 from predictions.infra.heartbeat import write_beat_tick
+from predictions.model.predictor import Predictor
+from predictions.settings import Settings
 from tests.harness.doubles import parse_media_type
 
 
@@ -104,3 +109,76 @@ def test_metrics_content_type_has_one_charset(client: FlaskClient) -> None:
     content_type = client.get("/metrics").headers["Content-Type"]
     assert content_type.startswith("text/plain; version=")
     assert content_type.count("charset") == 1, content_type
+
+
+def _collected(collector: metrics.FreshnessCollector) -> dict[str, dict[str, float]]:
+    """Each family's samples, by their one label's value ("" for none)."""
+    found: dict[str, dict[str, float]] = {}
+    for family in collector.collect():
+        for sample in family.samples:
+            label = next(iter(sample.labels.values()), "")
+            found.setdefault(sample.name, {})[label] = sample.value
+    return found
+
+
+TIMES: dict[str, tuple[float, float] | None] = {
+    "A-EUR": (990.0, 1_020.0),  # fresh, age 10
+    "B-EUR": None,  # missing
+    "C-EUR": (950.0, 980.0),  # stale, age 50
+    "D-EUR": (970.0, 1_000.0),  # stale at exactly fresh_until, age 30
+    "E-EUR": None,  # missing
+    "F-EUR": (999.0, 1_029.0),  # fresh, age 1
+}
+
+
+def test_every_pair_is_counted_by_state() -> None:
+    collector = metrics.FreshnessCollector(lambda: (TIMES, None), lambda: 1_000.0, 0)
+    found = _collected(collector)
+    assert found["prediction_pairs"] == {"fresh": 2, "stale": 2, "missing": 2}
+    # No per-pair series at all with a bound of 0; no beat tick when unknown.
+    assert "prediction_stored" not in found and "prediction_age_seconds" not in found
+    assert "prediction_beat_last_tick_timestamp_seconds" not in found
+
+
+def test_per_pair_series_are_bounded_missing_first_then_the_oldest() -> None:
+    collector = metrics.FreshnessCollector(lambda: (TIMES, 995.0), lambda: 1_000.0, 4)
+    found = _collected(collector)
+    assert found["prediction_stored"] == {"B-EUR": 0, "E-EUR": 0, "C-EUR": 1, "D-EUR": 1}
+    assert found["prediction_age_seconds"] == {"C-EUR": 50.0, "D-EUR": 30.0}
+    assert found["prediction_pairs"] == {"fresh": 2, "stale": 2, "missing": 2}
+    assert found["prediction_beat_last_tick_timestamp_seconds"] == {"": 995.0}
+
+
+def test_a_bound_past_the_pair_count_exports_every_pair() -> None:
+    collector = metrics.FreshnessCollector(lambda: (TIMES, None), lambda: 1_000.0, 100)
+    found = _collected(collector)
+    assert set(found["prediction_stored"]) == set(TIMES)
+    assert found["prediction_age_seconds"]["F-EUR"] == 1.0
+
+
+def test_a_failing_read_leaves_the_freshness_gauges_out() -> None:
+    def read() -> tuple[dict[str, tuple[float, float] | None], float | None]:
+        raise redis.ConnectionError("down")
+
+    assert list(metrics.FreshnessCollector(read, lambda: 1_000.0, 10).collect()) == []
+
+
+def test_metrics_export_at_most_the_configured_per_pair_series(
+    settings: Settings, redis_client: fakeredis.FakeRedis, predictor: Predictor
+) -> None:
+    settings = dataclasses.replace(settings, metrics_max_pair_series=2)
+    client = create_app(settings, redis_client, predictor).test_client()
+    for pair in ("ETH-EUR", "BTC-EUR", "ETH-USD"):
+        assert client.get(f"/predict/{pair}").status_code == 200
+    samples = scrape(client)
+    stored = {
+        labels[0][1]: value
+        for (name, labels), value in samples.items()
+        if name == "prediction_stored"
+    }
+    # The missing pair first, then the oldest of the three stored ones.
+    assert len(stored) == 2 and stored.pop("BTC-USD") == 0
+    assert list(stored.values()) == [1]
+    assert samples[("prediction_pairs", (("state", "fresh"),))] == 3
+    assert samples[("prediction_pairs", (("state", "missing"),))] == 1
+    assert samples[("prediction_pairs", (("state", "stale"),))] == 0
