@@ -50,8 +50,11 @@ def create_app(
     wiring.known.seed()
     if redis_client is None:
         # Now, in the worker process (gunicorn loads the app after its fork): the
-        # registry followed, and the near copies filled before the first requests.
+        # registry followed, asked pairs sent, and the near copies filled before the
+        # first requests. Only for a process's own client: a test's app (given its
+        # client) writes nothing behind the test's back.
         wiring.known.ensure_watching()
+        wiring.asked.ensure_flushing()
         if wiring.cache.feed is not None:
             wiring.cache.feed.ensure_running()
     state = ApiState(settings=settings, known=wiring.known, asked=wiring.asked, cache=wiring.cache)

@@ -113,8 +113,9 @@ def openapi_document() -> dict[str, Any]:
                             "name": "cursor",
                             "in": "query",
                             "required": False,
-                            "description": "The previous page's next_cursor",
-                            "schema": {"type": "string", "pattern": PAIR_PATTERN},
+                            "description": "The previous page's next_cursor (none or "
+                            "empty: the first page)",
+                            "schema": {"type": "string", "pattern": f"(^$)|({PAIR_PATTERN})"},
                         },
                         {
                             "name": "limit",

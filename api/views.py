@@ -172,9 +172,9 @@ def _page(ordered: list[str]) -> tuple[list[str], str | None]:
     if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise BadRequest(f"limit: give a whole number from 1 to {MAX_PAGE}")
     limit = int(raw_limit)
-    cursor = request.args.get("cursor")
+    cursor = request.args.get("cursor", "")
     start = 0
-    if cursor is not None:
+    if cursor:  # none or empty: the first page
         try:
             start = bisect.bisect_right(ordered, canonical_pair(cursor))
         except InvalidPair:

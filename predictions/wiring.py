@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 from typing import Any
 
@@ -208,7 +209,8 @@ class Wiring:
         if len(known.pairs) <= room:
             pairs = known.sorted_pairs()
         else:
-            pairs = most_recently_asked(self.redis, room, known)
+            asked = most_recently_asked(self.redis, room, known)
+            pairs = list(dict.fromkeys(itertools.chain(asked, known.sorted_pairs())))[:room]
         copied = cache.warm(pairs)
         log.info("near copies filled pairs=%d", copied, extra={"pairs": copied})
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 from celery.beat import Scheduler
+from kombu.exceptions import OperationalError
 
 from beat_schedule import REFRESH_ALL_TASK, REFRESH_BATCH_TASK, skew_tolerant_expiry
 from predictions.infra import write_beat_tick
@@ -62,7 +63,12 @@ class WarmStartScheduler(Scheduler):  # type: ignore[misc]
         settings = self.app.settings
         try:
             wiring = self.wiring()
-            self.follow_registry(wiring)
+            try:
+                self.follow_registry(wiring)
+            except OperationalError as exc:
+                # The broker is away: as Celery does with the schedule's own entries,
+                # say so and go on (raised from tick, it would stop beat).
+                log.error("could not send refreshes for the pair registry: %r", exc)
             write_beat_tick(
                 wiring.redis, wiring.clock.now(), 10 * settings.refresh_interval_seconds
             )

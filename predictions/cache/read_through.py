@@ -287,8 +287,10 @@ class PredictionCache:
         process that just started answers its first requests from memory. Returns how
         many were copied."""
         copied = 0
-        for first in range(0, min(len(pairs), self.near.max_pairs), chunk):
-            read = self.store.read_many(pairs[first : first + chunk])
+        # No further than the near cache holds: more would only evict the first ones.
+        wanted = pairs[: self.near.max_pairs]
+        for first in range(0, len(wanted), chunk):
+            read = self.store.read_many(wanted[first : first + chunk])
             for prediction in read.predictions.values():
                 if prediction is not None:
                     self.near.put(prediction, read=False)

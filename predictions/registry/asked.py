@@ -45,6 +45,9 @@ class AskedPairs:
     def record(self, pair: str) -> None:
         """Note that a client asked for ``pair`` (a known one)."""
         self._asked.add(pair)
+
+    def ensure_flushing(self) -> None:
+        """Flush from a background thread, once per process (after gunicorn's fork)."""
         if self._thread is None:
             self._start()
 

@@ -78,4 +78,9 @@ def seconds(name: str, text: str) -> float:
 
 
 def _text(value: float | None) -> str:
-    return "" if value is None else f"{value:g}"
+    # Read back exactly: repr is the shortest text that does (%g kept six digits, so
+    # 1234567 came back 1234570, and a refresh just under its TTL came back equal).
+    if value is None:
+        return ""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)

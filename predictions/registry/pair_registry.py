@@ -169,6 +169,10 @@ class PairRegistry:
         if len(entries) > self.max_pairs:
             raise self._past_bound(len(entries), "nothing was written")
         current = self.read()
+        if current.generation is not None and current.entries == entries:
+            # Nothing to change, but the command has spoken: the registry is its now.
+            self.redis.hset(keys.registry_state_key(), "source", SOURCE_COMMAND)
+            return 0, 0
         self._swap_in(entries, SOURCE_COMMAND, leave_to_command=False, expected=None)
         return _added_removed(current.entries, entries)
 

@@ -62,6 +62,10 @@ def test_values_are_coerced_and_pairs_canonicalised() -> None:
         ("NEAR_CACHE_SECONDS", "1"),
         ("NEAR_CACHE_SECONDS", "-0.1"),
         ("LOG_LEVEL", "chatty"),
+        ("REGISTRY_MAX_PAIRS", "0"),
+        ("NEAR_CACHE_MAX_PAIRS", "0"),
+        ("METRICS_MAX_PAIR_SERIES", "-1"),
+        ("PRECOMPUTE", "sometimes"),
     ],
 )
 def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
@@ -212,3 +216,21 @@ def test_a_renamed_setting_is_read_under_its_old_name_with_a_warning() -> None:
         assert Settings.from_env(both).early_revalidation_beta == 0.5
     with pytest.raises(SettingsError, match="^EARLY_REFRESH_BETA"), pytest.warns(FutureWarning):
         Settings.from_env({"EARLY_REFRESH_BETA": "-1"})
+
+
+def test_precompute_takes_the_spellings_of_off_make_run_always_took() -> None:
+    for raw in ("off", "0", "false", "No", " none "):
+        assert Settings.from_env({"PRECOMPUTE": raw}).precompute == "off"
+    assert Settings.from_env({"PRECOMPUTE": "ASKED"}).precompute == "asked"
+    assert Settings.from_env({}).precompute == "all"
+
+
+def test_the_registry_s_bounds_are_read() -> None:
+    settings = Settings.from_env(
+        {"REGISTRY_MAX_PAIRS": "5", "NEAR_CACHE_MAX_PAIRS": "7", "METRICS_MAX_PAIR_SERIES": "0"}
+    )
+    assert (
+        settings.registry_max_pairs,
+        settings.near_cache_max_pairs,
+        settings.metrics_max_pair_series,
+    ) == (5, 7, 0)

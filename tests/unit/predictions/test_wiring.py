@@ -8,6 +8,7 @@ from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnecti
 
 from predictions.cache import Limits, WriteFollower
 from predictions.infra import RedisClock
+from predictions.infra.keys import active_version_key
 from predictions.settings import Settings
 from predictions.wiring import BlockingSentinelConnectionPool, make_redis, wire
 from tests.harness.doubles import HostClock
@@ -90,3 +91,33 @@ def test_following_writes_needs_a_near_cache() -> None:
         Settings(near_cache_seconds=0), role="test", redis_client=client, follow_writes=True
     )
     assert never.cache.feed is None
+
+
+def test_a_process_s_near_copies_are_bounded_and_follow_the_registry() -> None:
+    client = fakeredis.FakeRedis()
+    settings = Settings(
+        near_cache_max_pairs=2,
+        pairs=("ETH-EUR", "BTC-EUR", "ETH-USD"),
+        simulated_model_latency_seconds=0,
+    )
+    wiring = wire(settings, role="test", redis_client=client, clock=HostClock(), follow_writes=True)
+    cache = wiring.cache
+    assert cache.near.max_pairs == 2
+    assert wiring.predictor.ttl_of == wiring.known.ttl_seconds
+    feed = cache.feed
+    assert isinstance(feed, WriteFollower)
+    assert feed.on_registry_change == wiring.known.changed
+    # A new subscription fills the near copies with the known pairs' predictions, in
+    # name order, as many as the near cache holds.
+    wiring.known.seed()
+    predictions = [wiring.predictor.compute(pair) for pair in settings.pairs]
+    client.set(active_version_key(), predictions[0].model_version)
+    assert wiring.store.write_many(predictions, wiring.clock.now()) == 3
+    assert not any(cache.near.holds(pair) for pair in settings.pairs)
+    assert feed.on_follow is not None
+    feed.on_follow()
+    assert [cache.near.holds(pair) for pair in ("BTC-EUR", "ETH-EUR", "ETH-USD")] == [
+        True,
+        True,
+        False,
+    ]

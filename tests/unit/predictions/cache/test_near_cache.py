@@ -1,9 +1,23 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
-from predictions.cache.near_cache import NearCache
-from tests.harness.doubles import make_prediction
+import fakeredis
+import pytest
+
+from predictions.cache import FEED_CHANNEL, near_cache
+from predictions.cache.near_cache import NearCache, WriteFollower
+from predictions.cache.store import (
+    FeedMessage,
+    delete_message,
+    parse_feed_message,
+    state_message,
+    write_prefix,
+)
+from predictions.model.prediction import Prediction
+from tests.harness.doubles import HostClock, make_prediction
+from tests.harness.processes import wait_for
 
 PREDICTION = make_prediction(computed_at=1_000.0, fresh_until=1_060.0)
 
@@ -154,3 +168,148 @@ def test_a_forgotten_pair_is_gone() -> None:
     near.put(PREDICTION)
     near.forget("ETH-EUR")
     assert near.last_known("ETH-EUR") is None
+
+
+def _pair(name: str, **changes: object) -> Prediction:
+    return dataclasses.replace(PREDICTION, pair=name, **changes)  # type: ignore[arg-type]
+
+
+def test_past_max_pairs_the_least_recently_used_copy_goes_first() -> None:
+    near = NearCache(0.5, Clocks(Clock(1_010.0), Clock(0.0)), max_pairs=3)
+    near.observe(PREDICTION.model_version, flip_pending=False)
+    for name in ("A-EUR", "B-EUR", "C-EUR"):
+        near.put(_pair(name))
+    assert near.get("A-EUR") is not None  # A used: B is now the least recently used
+    near.put(_pair("D-EUR"))
+    assert [near.holds(name) for name in ("A-EUR", "B-EUR", "C-EUR", "D-EUR")] == [
+        True,
+        False,
+        True,
+        True,
+    ]
+    near.put(_pair("E-EUR"))  # then C
+    assert not near.holds("C-EUR")
+    assert {name for name in ("A-EUR", "D-EUR", "E-EUR") if near.holds(name)} == {
+        "A-EUR",
+        "D-EUR",
+        "E-EUR",
+    }
+
+
+def test_a_look_that_serves_nothing_still_counts_as_a_use() -> None:
+    # get() on a copy too old to serve still marks it used: the next read puts it back.
+    wall, mono = Clock(1_010.0), Clock(0.0)
+    near = NearCache(0.5, Clocks(wall, mono), max_pairs=2)
+    near.observe(PREDICTION.model_version, flip_pending=False)
+    near.put(_pair("A-EUR"))
+    near.put(_pair("B-EUR"))
+    mono.now += 1.0  # both past max_age
+    assert near.get("A-EUR") is None
+    near.put(_pair("C-EUR"))
+    assert near.holds("A-EUR") and not near.holds("B-EUR")
+
+
+def test_replacing_a_copy_never_evicts_another() -> None:
+    near = NearCache(0.5, Clocks(Clock(1_010.0), Clock(0.0)), max_pairs=2)
+    near.observe(PREDICTION.model_version, flip_pending=False)
+    near.put(_pair("A-EUR"))
+    near.put(_pair("B-EUR"))
+    near.put(_pair("A-EUR", computed_at=1_001.0))
+    near.written(_pair("B-EUR", computed_at=1_002.0))
+    assert near.holds("A-EUR") and near.holds("B-EUR")
+    assert near.last_known("B-EUR").computed_at == 1_002.0  # type: ignore[union-attr]
+
+
+def test_holds_says_whether_a_copy_is_kept_whatever_its_age() -> None:
+    wall, mono = Clock(1_010.0), Clock(0.0)
+    near = NearCache(0.5, Clocks(wall, mono))
+    assert not near.holds("ETH-EUR")
+    near.put(PREDICTION)
+    wall.now = 2_000.0  # long past its freshness: not served, still held
+    assert near.get("ETH-EUR") is None
+    assert near.holds("ETH-EUR")
+    near.forget("ETH-EUR")
+    assert not near.holds("ETH-EUR")
+
+
+def _write(prediction: Prediction, body: bytes | None = None) -> bytes:
+    return write_prefix(prediction.pair, prediction.model_version) + (
+        prediction.to_json() if body is None else body
+    )
+
+
+def test_the_feed_skips_writes_of_unheld_pairs_without_parsing_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    near, _ = _followed()
+    follower = WriteFollower(fakeredis.FakeRedis(), near)
+    parsed: list[bytes] = []
+
+    def counting(data: bytes) -> FeedMessage:
+        parsed.append(data)
+        return parse_feed_message(data)
+
+    monkeypatch.setattr(near_cache, "parse_feed_message", counting)
+    follower._apply(_write(_pair("BTC-EUR"), body=b"{not json"))  # garbage, unheld
+    follower._apply(_write(_pair("BTC-EUR")))
+    follower._apply(b"w m-1 BTC-EUR")  # no body at all
+    assert parsed == []
+    assert not near.holds("BTC-EUR")
+    # A held pair's write is parsed and applied; a garbage one is dropped.
+    near.put(PREDICTION)
+    follower._apply(_write(PREDICTION, body=b"{not json"))
+    assert near.last_known("ETH-EUR") is PREDICTION
+    newer = dataclasses.replace(PREDICTION, computed_at=1_005.0, fresh_until=1_065.0, body=b"")
+    follower._apply(_write(newer))
+    assert near.last_known("ETH-EUR") == newer
+    assert len(parsed) == 2
+
+
+def test_the_feed_forgets_deleted_pairs_and_applies_state_messages() -> None:
+    near, mono = _followed()
+    follower = WriteFollower(fakeredis.FakeRedis(), near)
+    near.put(PREDICTION)
+    mono.now += 1.0
+    near.confirmed(mono.now)
+    follower._apply(state_message("m-1", True))
+    assert near.get("ETH-EUR") is None  # a flip is pending
+    follower._apply(state_message("m-1", False))
+    assert near.get("ETH-EUR") is PREDICTION
+    follower._apply(delete_message("ETH-EUR", "m-1"))
+    assert not near.holds("ETH-EUR")
+
+
+def test_a_registry_message_tells_whoever_follows_the_registry() -> None:
+    near, _ = _followed()
+    told: list[str] = []
+    WriteFollower(fakeredis.FakeRedis(), near, on_registry_change=lambda: told.append("r"))._apply(
+        b"r 7"
+    )
+    assert told == ["r"]
+    # Nobody to tell: ignored.
+    WriteFollower(fakeredis.FakeRedis(), near)._apply(b"r 8")
+
+
+def test_each_new_subscription_runs_on_follow_once_the_stream_is_followed() -> None:
+    client = fakeredis.FakeRedis()
+    near = NearCache(0.25, HostClock())
+    seen: list[tuple[str, bool]] = []
+    registry_changes = threading.Event()
+    follower = WriteFollower(
+        client,
+        near,
+        on_registry_change=registry_changes.set,
+        on_follow=lambda: seen.append(("follow", near.following)),
+        retry_seconds=0.05,
+    )
+    follower.ensure_running()
+    try:
+        wait_for(lambda: seen, 5, what="on_follow")
+        assert seen == [("follow", True)]  # after the subscription and its state read
+        client.publish(FEED_CHANNEL, b"r 2")
+        assert registry_changes.wait(5)
+    finally:
+        follower.stop()
+        assert follower._thread is not None
+        follower._thread.join(5)
+    assert not near.following

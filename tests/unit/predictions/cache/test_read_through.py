@@ -22,7 +22,7 @@ from predictions.cache import (
 from predictions.cache.circuit import CircuitBreaker
 from predictions.cache.near_cache import NearCache
 from predictions.cache.store import PredictionStore
-from predictions.infra.keys import compute_lock_key, prediction_key
+from predictions.infra.keys import active_version_key, compute_lock_key, prediction_key
 from predictions.model.market_data import SyntheticMarketData
 from predictions.model.predictor import Predictor
 from predictions.settings import Settings
@@ -315,3 +315,51 @@ def test_a_cache_without_a_breaker_makes_one_from_its_limits(
     cache = PredictionCache(store, predictor, _limits(circuit_failure_threshold=7), CLOCK)
     assert cache.breaker.threshold == 7
     assert cache.breaker.open_seconds == Settings().circuit_open_seconds
+
+
+def _stored(store: PredictionStore, predictor: Predictor, pairs: list[str]) -> str:
+    """Compute and store the pairs under the predictor's model, made the active version."""
+    predictions = [predictor.compute(pair) for pair in pairs]
+    version = predictions[0].model_version
+    store.redis.set(active_version_key(), version)
+    assert store.write_many(predictions, CLOCK.now()) == len(pairs)
+    return version
+
+
+def test_warm_fills_copies_that_are_served_while_the_feed_is_followed(
+    store: PredictionStore, predictor: Predictor
+) -> None:
+    version = _stored(store, predictor, ["ETH-EUR", "BTC-EUR"])
+    near = NearCache(0.25, CLOCK)
+    cache = PredictionCache(store, predictor, _limits(), CLOCK, near_cache=near)
+    near.follow(version, flip_pending=False)
+    assert cache.warm(["BTC-EUR", "ETH-EUR", "SOL-EUR"], chunk=2) == 2  # SOL-EUR: nothing stored
+    assert near.holds("BTC-EUR") and near.holds("ETH-EUR") and not near.holds("SOL-EUR")
+    assert near.get("ETH-EUR") is None  # the stream not yet confirmed
+    near.confirmed(CLOCK.monotonic())
+    assert near.get("ETH-EUR") == store.read("ETH-EUR").predictions["ETH-EUR"]
+    assert near.get("BTC-EUR") is not None
+    # Copies the feed does not vouch for are never served on their own: no max_age.
+    near.unfollow()
+    assert near.get("ETH-EUR") is None
+
+
+def test_warm_copies_at_most_max_pairs_and_reads_no_further(
+    store: PredictionStore, predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pairs = ["A-EUR", "B-EUR", "C-EUR", "D-EUR", "E-EUR"]
+    version = _stored(store, predictor, pairs)
+    near = NearCache(0.25, CLOCK, max_pairs=3)
+    cache = PredictionCache(store, predictor, _limits(), CLOCK, near_cache=near)
+    near.follow(version, flip_pending=False)
+    read: list[list[str]] = []
+    read_many = store.read_many
+
+    def counted(wanted: list[str]):  # type: ignore[no-untyped-def]
+        read.append(list(wanted))
+        return read_many(wanted)
+
+    monkeypatch.setattr(store, "read_many", counted)
+    assert cache.warm(pairs, chunk=2) == 3
+    assert read == [["A-EUR", "B-EUR"], ["C-EUR"]]
+    assert [near.holds(pair) for pair in pairs] == [True, True, True, False, False]

@@ -135,3 +135,34 @@ def test_write_many_and_read_many_take_one_round_trip_each(
         "BTC-USD": None,
     }
     assert store.read_many([]).predictions == {}
+
+
+def test_freshness_counts_every_pair_and_names_the_worst_a_chunk_at_a_time(
+    store: PredictionStore, redis_client: fakeredis.FakeRedis
+) -> None:
+    now = time.time()
+    ages = {"ETH-EUR": 10.0, "BTC-EUR": 50.0, "ETH-USD": 30.0, "SOL-EUR": 1.0}
+    for pair, age in ages.items():  # fresh for 20 s from computed_at
+        made = make_prediction(
+            pair=pair, computed_at=round(now - age, 3), fresh_until=round(now - age + 20, 3)
+        )
+        redis_client.set(prediction_key(pair, M1), made.to_json())
+    redis_client.set(prediction_key("ADA-EUR", M1), b'{"computed_at":"x"}')  # unreadable
+    pairs = [*ages, "ADA-EUR", "BTC-USD"]
+    assert store.freshness(pairs, now, 10).counts == {"fresh": 0, "stale": 0, "missing": 6}
+    _activate(redis_client, M1)
+    calls: list[int] = []
+    script = store._read_times
+
+    def counted(keys: list[str], args: list[str]) -> object:
+        calls.append(len(args) - 1)
+        return script(keys=keys, args=args)
+
+    store._read_times = counted  # type: ignore[assignment]
+    found = store.freshness(pairs, now, 4, chunk=4)
+    assert calls == [4, 2]
+    assert found.counts == {"fresh": 2, "stale": 2, "missing": 2}
+    # Missing first (in name order), then the oldest.
+    assert [pair for pair, _ in found.worst] == ["ADA-EUR", "BTC-USD", "BTC-EUR", "ETH-USD"]
+    assert found.worst[2][1] == pytest.approx(now - 50, abs=0.01)
+    assert found.worst[0][1] is None

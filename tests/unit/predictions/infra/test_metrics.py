@@ -3,13 +3,18 @@ gunicorn is tested in tests/integration/test_observability.py."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import fakeredis
 import redis
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import create_app
 from predictions.infra import metrics
 from predictions.infra.heartbeat import write_beat_tick
+from predictions.model.predictor import Predictor
+from predictions.settings import Settings
 from tests.harness.doubles import parse_media_type
 
 
@@ -104,3 +109,62 @@ def test_metrics_content_type_has_one_charset(client: FlaskClient) -> None:
     content_type = client.get("/metrics").headers["Content-Type"]
     assert content_type.startswith("text/plain; version=")
     assert content_type.count("charset") == 1, content_type
+
+
+def _collected(collector: metrics.FreshnessCollector) -> dict[str, dict[str, float]]:
+    """Each family's samples, by their one label's value ("" for none)."""
+    found: dict[str, dict[str, float]] = {}
+    for family in collector.collect():
+        for sample in family.samples:
+            label = next(iter(sample.labels.values()), "")
+            found.setdefault(sample.name, {})[label] = sample.value
+    return found
+
+
+COUNTS = {"fresh": 2, "stale": 2, "missing": 2}
+WORST: list[tuple[str, float | None]] = [("B-EUR", None), ("C-EUR", 950.0), ("D-EUR", 970.0)]
+
+
+def test_the_collector_exports_counts_and_the_worst_pairs_series() -> None:
+    collector = metrics.FreshnessCollector(lambda: (COUNTS, WORST, 995.0), lambda: 1_000.0)
+    found = _collected(collector)
+    assert found["prediction_pairs"] == COUNTS
+    assert found["prediction_stored"] == {"B-EUR": 0, "C-EUR": 1, "D-EUR": 1}
+    assert found["prediction_age_seconds"] == {"C-EUR": 50.0, "D-EUR": 30.0}
+    assert found["prediction_beat_last_tick_timestamp_seconds"] == {"": 995.0}
+
+
+def test_no_worst_pairs_no_per_pair_series() -> None:
+    collector = metrics.FreshnessCollector(lambda: (COUNTS, [], None), lambda: 1_000.0)
+    found = _collected(collector)
+    assert found["prediction_pairs"] == COUNTS
+    assert "prediction_stored" not in found and "prediction_age_seconds" not in found
+    assert "prediction_beat_last_tick_timestamp_seconds" not in found
+
+
+def test_a_failing_read_leaves_the_freshness_gauges_out() -> None:
+    def read() -> tuple[dict[str, int], list[tuple[str, float | None]], float | None]:
+        raise redis.ConnectionError("down")
+
+    assert list(metrics.FreshnessCollector(read, lambda: 1_000.0).collect()) == []
+
+
+def test_metrics_export_at_most_the_configured_per_pair_series(
+    settings: Settings, redis_client: fakeredis.FakeRedis, predictor: Predictor
+) -> None:
+    settings = dataclasses.replace(settings, metrics_max_pair_series=2)
+    client = create_app(settings, redis_client, predictor).test_client()
+    for pair in ("ETH-EUR", "BTC-EUR", "ETH-USD"):
+        assert client.get(f"/predict/{pair}").status_code == 200
+    samples = scrape(client)
+    stored = {
+        labels[0][1]: value
+        for (name, labels), value in samples.items()
+        if name == "prediction_stored"
+    }
+    # The missing pair first, then the oldest of the three stored ones.
+    assert len(stored) == 2 and stored.pop("BTC-USD") == 0
+    assert list(stored.values()) == [1]
+    assert samples[("prediction_pairs", (("state", "fresh"),))] == 3
+    assert samples[("prediction_pairs", (("state", "missing"),))] == 1
+    assert samples[("prediction_pairs", (("state", "stale"),))] == 0

@@ -89,3 +89,13 @@ def test_offload_runs_the_model_alone_and_the_caller_stamps_logs_and_counts(
     assert threads["model"] != threading.get_ident()
     (record,) = [r for r in caplog.records if "computed prediction" in r.getMessage()]
     assert record.thread == threading.get_ident()
+
+
+def test_each_pair_is_fresh_for_its_own_ttl() -> None:
+    clock = ManualClock(now=1_000.0)
+    own = {"BTC-EUR": 90.0}
+    predictor = _predictor(CountingModel(), clock=clock, ttl_of=lambda pair: own.get(pair, 60.0))
+    assert predictor.compute("BTC-EUR").fresh_until == 1_090.0
+    assert predictor.compute("ETH-EUR").fresh_until == 1_060.0
+    # Without one, every pair has the predictor's TTL.
+    assert _predictor(CountingModel(), clock=clock).compute("BTC-EUR").fresh_until == 1_060.0
