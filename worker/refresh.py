@@ -14,7 +14,7 @@ import redis
 from predictions.cache import locks
 from predictions.infra import InvalidPair, canonical_pair, keys, metrics
 from predictions.model import LoadedModel, ModelLoadError, read_active
-from predictions.registry import recently_asked
+from predictions.registry import forget_unasked, recently_asked
 from predictions.wiring import Wiring
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ def due_pairs(wiring: Wiring, interval_seconds: float, now: float) -> list[str]:
     known.reload_if_changed()
     pairs = known.by_refresh_interval().get(interval_seconds, [])
     if wiring.settings.precompute == "asked":
-        pairs = recently_asked(wiring.redis, now, pairs, known)
+        return recently_asked(wiring.redis, now, pairs, known)
+    forget_unasked(wiring.redis, now, known)  # recorded all the same: kept bounded
     return pairs
 
 

@@ -4,6 +4,7 @@ own freshness, and which pairs clients ask for (PRECOMPUTE=asked)."""
 from predictions.registry.asked import (
     ASKED_LIFETIMES,
     AskedPairs,
+    forget_unasked,
     most_recently_asked,
     recently_asked,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "PairRegistry",
     "RegistryRefused",
     "Snapshot",
+    "forget_unasked",
     "most_recently_asked",
     "recently_asked",
     "seconds",

@@ -104,9 +104,8 @@ def recently_asked(
         return []
     ttl_of = known.ttl_seconds
     window = max(ttl_of(pair) for pair in candidates) * ASKED_LIFETIMES
-    oldest = now - known.longest_ttl() * ASKED_LIFETIMES
     pipe = client.pipeline(transaction=False)
-    pipe.zremrangebyscore(keys.asked_pairs_key(), "-inf", f"({oldest}")
+    forget_unasked(pipe, now, known)
     pipe.zrangebyscore(keys.asked_pairs_key(), now - window, "+inf", withscores=True)
     _, asked = pipe.execute()
     when = {(p.decode() if isinstance(p, bytes) else p): score for p, score in asked}
@@ -115,6 +114,15 @@ def recently_asked(
         for pair in candidates
         if pair in when and when[pair] >= now - ttl_of(pair) * ASKED_LIFETIMES
     ]
+
+
+def forget_unasked(
+    client: redis.Redis | redis.client.Pipeline, now: float, known: KnownPairs
+) -> None:
+    """Drop the pairs asked before any known pair's window (removed pairs among
+    them), so the set stays bounded whatever PRECOMPUTE says."""
+    oldest = now - known.longest_ttl() * ASKED_LIFETIMES
+    client.zremrangebyscore(keys.asked_pairs_key(), "-inf", f"({oldest}")
 
 
 def most_recently_asked(client: redis.Redis, count: int, known: KnownPairs) -> list[str]:
