@@ -98,29 +98,37 @@ def run(args: argparse.Namespace, settings: Settings, registry: PairRegistry) ->
         if not args.long:
             return "\n".join(ordered)
         return "\n".join(_long_line(pair, snapshot.entries[pair], defaults) for pair in ordered)
-    if registry.generation() is None:
-        registry.seed(settings.pairs)  # a change starts from what PAIRS says
+    # Each change first checks its input, then starts from what PAIRS says (a registry
+    # never written is seeded), so that bad input writes nothing at all.
     if args.action == "add":
         pairs = canonical_pairs(args.pairs)
         try:
             own = parse_entry(pairs[0], args.ttl, args.refresh, defaults)
         except InvalidFreshness as exc:
             raise BadInput(str(exc)) from None
+        _seed_if_unwritten(registry, settings)
         new, total = registry.add(dict.fromkeys(pairs, own))
         return f"{new} added, {len(pairs) - new} updated; {total} known pairs"
     if args.action == "remove":
         pairs = canonical_pairs(args.pairs)
+        _seed_if_unwritten(registry, settings)
         registry.remove(pairs)
         return f"{len(pairs)} removed; their predictions expire on their own"
     text = sys.stdin.read() if args.file == "-" else _read(args.file)
     entries = parse_lines(text.splitlines(), defaults)
     if not entries:
         raise BadInput(f"no pairs in {args.file}; nothing was written (remove takes pairs away)")
+    _seed_if_unwritten(registry, settings)
     if args.merge:
         new, total = registry.add(entries)
         return f"{new} added, {len(entries) - new} updated; {total} known pairs"
     added, removed = registry.replace(entries)
     return f"{len(entries)} known pairs: {added} added, {removed} removed"
+
+
+def _seed_if_unwritten(registry: PairRegistry, settings: Settings) -> None:
+    if registry.generation() is None:
+        registry.seed(settings.pairs)
 
 
 def _long_line(pair: str, own: str, defaults: Freshness) -> str:

@@ -51,6 +51,18 @@ def wait_for(
         time.sleep(interval)
 
 
+def until(condition: Callable[[], object], timeout: float, interval: float = 0.02) -> bool:
+    """Poll until condition() is truthy, for at most ``timeout`` seconds; whether it
+    became so. Unlike wait_for, an exception is raised, not retried: for conditions
+    whose failure is the test's (a refused answer, a connection closed)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 class Process:
     """A subprocess in its own process group, with its output in a log file."""
 
@@ -124,6 +136,23 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def pairs_argv(*args: str) -> list[str]:
+    """The pairs command (README: `python -m predictions.pairs`), as the project runs it."""
+    return [str(BIN / "python"), "-m", "predictions.pairs", *args]
+
+
+def run_pairs(
+    env: Mapping[str, str], *args: str, argv: Sequence[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The pairs command run to its end with ``env`` (REDIS_URL and the settings):
+    its exit status and what it printed. ``argv`` replaces pairs_argv(*args) (a command
+    run on another host, tests/harness/netns.py)."""
+    return subprocess.run(
+        list(argv) if argv is not None else pairs_argv(*args),
+        cwd=ROOT, env=dict(env), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 def processes_with_marker(run_id: str) -> list[int]:

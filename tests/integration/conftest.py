@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import urllib3
 
 from tests.harness.http import HTTP
 from tests.harness.ports import free_port
@@ -91,8 +90,10 @@ def start(tmp_path: Path, service_env: dict[str, str]) -> Iterator[ProcessFactor
         started.append(process.start())
         if kind == "api":
             url = f"http://{process.env['API_BIND']}/healthz"
+            # Through the suite's pool, closed before the processes stop: a connection
+            # left open would hold gunicorn's graceful shutdown for its idle timeout.
             wait_for(
-                lambda: urllib3.request("GET", url, timeout=1, retries=False).status == 200,
+                lambda: HTTP.request("GET", url, timeout=1, retries=False).status == 200,
                 30,
                 what=url,
             )

@@ -4,7 +4,9 @@ a host of its own (a Linux network namespace, tests/harness/netns.py), all real 
 Shown: the two workers share the refreshes; cutting one worker's link changes nothing
 a client sees; cutting one API from Redis (silently: its packets vanish) makes that
 API answer stale or 503 within a second while the other is unaffected; healing both
-restores everything, with no process restarted. The test's own client is a host on
+restores everything, with no process restarted; and a pair added with the pairs
+command on a host of its own is known to every API process on both API hosts, and
+refreshed by a worker, within 2 s (issue #19). The test's own client is a host on
 the same bridge (its threads enter that namespace), so every address used is inside
 the namespaces this test creates, and removes, even on failure.
 
@@ -32,9 +34,9 @@ import urllib3
 from predictions.infra.keys import prediction_key
 from predictions.model.prediction import parse_time
 from scripts.embedded_redis import server_args
-from tests.harness.http import computations
+from tests.harness.http import Answer, WorkerConnection, computations, connection_to_each_worker
 from tests.harness.netns import Network, enter_namespace, netns_unavailable
-from tests.harness.processes import BIN, Process, wait_for
+from tests.harness.processes import BIN, Process, pairs_argv, run_pairs, until, wait_for
 from tests.harness.system import PAIRS, TEST_VERSION
 
 # Seven hosts' processes at once, and a 2 s answer bound: run alone (`make test`'s
@@ -70,7 +72,7 @@ class Hosts:
 
     def start(self) -> Hosts:
         self.net.start()
-        for host in ("redis", "worker1", "worker2", "api1", "api2", "beat", "client"):
+        for host in ("redis", "worker1", "worker2", "api1", "api2", "beat", "client", "admin"):
             self.net.add_host(host)
         self.client = ThreadPoolExecutor(
             max_workers=4, initializer=enter_namespace, initargs=(self.net.namespace("client"),)
@@ -266,6 +268,7 @@ def test_hosts_share_refreshes_and_survive_partitions(hosts: Hosts) -> None:
         restored = time.monotonic()
         recovered = done(workers[0])
         wait_for(lambda: done(workers[0]) > recovered, 45, what="worker1 refreshing again")
+    added_from_another_host(hosts)
     every = sampler.samples
     assert all(s.status is not None and s.seconds < ANSWER_WITHIN for s in every), max(
         s.seconds for s in every
@@ -278,3 +281,55 @@ def test_hosts_share_refreshes_and_survive_partitions(hosts: Hosts) -> None:
         f"answers {len(every)}; api1 back to HITs {restored - healed_api:.1f} s after the "
         f"heal; worker link cut {healed_worker - cut:.1f} s, warm {warm:.0f}"
     )
+
+
+def added_from_another_host(hosts: Hosts) -> None:
+    """A pair added with the pairs command on the admin host: within 2 s, every API
+    process on both API hosts knows it and a worker stored its prediction."""
+    pair = "SOL-EUR"
+    pinned: dict[int, WorkerConnection] = {}
+    for api in ("api1", "api2"):
+        found = hosts.call(functools.partial(connection_to_each_worker, hosts.processes[api]))
+        assert len(found) == 2, api
+        pinned.update(found)
+
+    def ask(connection: WorkerConnection, path: str) -> Answer:
+        return hosts.call(functools.partial(connection.get, path))
+
+    try:
+        for connection in pinned.values():
+            assert ask(connection, f"/predict/{pair}").status == 404
+        added = run_pairs(hosts.env, argv=hosts.net.argv("admin", pairs_argv("add", pair)))
+        done = time.monotonic()
+        assert (added.returncode, added.stderr) == (0, ""), added.stderr
+        knows: dict[int, float] = {}
+        landed: list[float] = []
+
+        def everywhere() -> bool:
+            # The batch endpoint answers from the cache and never computes: the only
+            # computation of the pair can be a worker's.
+            for pid, connection in pinned.items():
+                if pid in knows:
+                    continue
+                item = ask(connection, f"/predict?pairs={pair}").body["items"][0]
+                if item["status"] != "error":
+                    knows[pid] = time.monotonic() - done
+            if not landed and hosts.call(functools.partial(hosts.computed_at, pair)):
+                landed.append(time.monotonic() - done)
+            return len(knows) == len(pinned) and bool(landed)
+
+        assert until(everywhere, ANSWER_WITHIN - (time.monotonic() - done)), (
+            f"not within {ANSWER_WITHIN:g} s: {pair} known to {sorted(knows)} of "
+            f"{sorted(pinned)}, stored: {bool(landed)}"
+        )
+        for connection in pinned.values():
+            answer = ask(connection, f"/predict/{pair}")
+            assert (answer.status, answer.headers["X-Cache"]) == (200, "HIT"), answer.body
+        workers = ("worker1", "worker2")
+        assert sum(computations(hosts.processes[name], pair) for name in workers) >= 1
+        assert sum(computations(hosts.processes[name], pair) for name in ("api1", "api2")) == 0
+        known = ", ".join(f"{pid}: {elapsed:.3f} s" for pid, elapsed in knows.items())
+        print(f"{pair} known to each API process after {known}; stored after {landed[0]:.2f} s")
+    finally:
+        for connection in pinned.values():
+            connection.close()
