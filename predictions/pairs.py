@@ -187,7 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except redis.RedisError as exc:
         where = redact(settings.redis_url)
-        print(f"pairs {args.action}: Redis at {where}: {redact(str(exc))}", file=sys.stderr)
+        hint = ""
+        if "permission" in str(exc).lower():  # NOPERM: the API's least-privilege user
+            hint = " (this Redis user may not change the registry: run the command as an admin)"
+        print(f"pairs {args.action}: Redis at {where}: {redact(str(exc))}{hint}", file=sys.stderr)
         return 1
     return 0
 

@@ -51,8 +51,8 @@ class OwnFreshness:
         if refresh >= ttl:
             raise InvalidFreshness(
                 f"refresh every {refresh:g} s must be shorter than the TTL of {ttl:g} s "
-                "(a third of it: two refreshes in a row can fail before the pair goes "
-                "cold); the settings give the one not set "
+                "(a third of it is best: two refreshes in a row can then fail before the "
+                "pair goes cold); the settings give the one not set "
                 f"(PREDICTION_TTL_SECONDS={defaults.ttl_seconds:g}, "
                 f"REFRESH_INTERVAL_SECONDS={defaults.refresh_seconds:g})"
             )

@@ -190,9 +190,10 @@ def test_load_of_a_file_with_bad_lines_writes_nothing(
     assert str(caught.value).splitlines() == [
         "line 2: 'bad!' is not a currency pair: expected BASE-QUOTE, two to ten letters or "
         "digits each, such as ETH-EUR",
-        "line 3: refresh every 2 s must be shorter than the TTL of 1 s (a third of it: two "
-        "refreshes in a row can fail before the pair goes cold); the settings give the one "
-        "not set (PREDICTION_TTL_SECONDS=30, REFRESH_INTERVAL_SECONDS=10)",
+        "line 3: refresh every 2 s must be shorter than the TTL of 1 s (a third of it is "
+        "best: two refreshes in a row can then fail before the pair goes cold); the "
+        "settings give the one not set (PREDICTION_TTL_SECONDS=30, "
+        "REFRESH_INTERVAL_SECONDS=10)",
     ]
     assert registry.read() == before
 
