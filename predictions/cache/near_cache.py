@@ -34,6 +34,7 @@ from collections.abc import Callable
 import redis
 
 from predictions.cache.store import FEED_CHANNEL, parse_feed_message, read_state
+from predictions.infra.background import Background
 from predictions.infra.clock import Clock
 from predictions.model.prediction import InvalidPrediction, Prediction
 
@@ -197,21 +198,13 @@ class WriteFollower:
         self.recheck_seconds = recheck_seconds
         self.retry_seconds = retry_seconds
         self.clock = near.clock
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._background = Background(self.run, "prediction-write-follower")
         self._stop = threading.Event()
         self._changes = 0  # state messages applied; a recheck overtaken by one is dropped
 
     def ensure_running(self) -> None:
-        """Start following, once per process (lazily: after gunicorn's fork)."""
-        if self._thread is not None:
-            return
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self.run, name="prediction-write-follower", daemon=True
-                )
-                self._thread.start()
+        """Start following, once per process."""
+        self._background.ensure_started()
 
     def stop(self) -> None:
         self._stop.set()

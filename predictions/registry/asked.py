@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 import redis
 
 from predictions.infra import keys
+from predictions.infra.background import Background, repeat
 from predictions.registry.known import KnownPairs
 
 log = logging.getLogger(__name__)
@@ -39,17 +40,15 @@ class AskedPairs:
         self.now = now
         self.flush_seconds = flush_seconds
         self._asked: set[str] = set()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._flusher = Background(self._flush_forever, "asked-pairs-flusher")
 
     def record(self, pair: str) -> None:
         """Note that a client asked for ``pair`` (a known one)."""
         self._asked.add(pair)
 
     def ensure_flushing(self) -> None:
-        """Flush from a background thread, once per process (after gunicorn's fork)."""
-        if self._thread is None:
-            self._start()
+        """Flush from a background thread, once per process."""
+        self._flusher.ensure_started()
 
     def flush(self) -> int:
         """Send what was asked since the last flush; returns how many pairs."""
@@ -68,26 +67,9 @@ class AskedPairs:
             raise
         return len(members)
 
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._flush_forever, name="asked-pairs-flusher", daemon=True
-                )
-                self._thread.start()
-
     def _flush_forever(self) -> None:
-        stop = threading.Event()
-        failing = False
-        while not stop.wait(self.flush_seconds):
-            try:
-                self.flush()
-            except redis.RedisError as exc:
-                if not failing:
-                    log.warning("cannot record asked pairs, will retry: %r", exc)
-                failing = True
-            else:
-                failing = False
+        pause = threading.Event()
+        repeat(lambda: pause.wait(self.flush_seconds), self.flush, "record asked pairs")
 
 
 def recently_asked(

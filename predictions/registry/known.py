@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import redis
 
+from predictions.infra.background import Background, repeat
 from predictions.registry.freshness import Freshness, InvalidFreshness, OwnFreshness
 from predictions.registry.pair_registry import PairRegistry, RegistryRefused
 
@@ -46,7 +47,7 @@ class KnownPairs:
         self._by_refresh: dict[float, list[str]] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._watcher = Background(self._watch, "pair-registry-watcher")
 
     def __contains__(self, pair: object) -> bool:
         return pair in self.pairs
@@ -145,29 +146,12 @@ class KnownPairs:
         self._wake.set()
 
     def ensure_watching(self) -> None:
-        """Follow the registry from a background thread, once per process (lazily:
-        after gunicorn's fork)."""
-        if self._thread is not None:
-            return
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._watch, name="pair-registry-watcher", daemon=True
-                )
-                self._thread.start()
+        """Follow the registry from a background thread, once per process."""
+        self._watcher.ensure_started()
 
     def _watch(self) -> None:
-        failing = False
-        while True:
+        def wait() -> None:
             self._wake.wait(self.reload_seconds)
             self._wake.clear()
-            try:
-                self.reload_if_changed()
-            except redis.RedisError as exc:
-                if not failing:  # once per outage, not once a second
-                    log.warning("cannot read the pair registry, keeping the last view: %r", exc)
-                failing = True
-            except Exception:  # a thread has no caller: log, and go on
-                log.exception("reading the pair registry failed")
-            else:
-                failing = False
+
+        repeat(wait, self.reload_if_changed, "read the pair registry")

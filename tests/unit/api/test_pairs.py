@@ -225,7 +225,7 @@ def test_an_app_given_its_client_starts_no_background_thread(
     app = create_app(settings, redis_client, predictor)
     app.test_client().get("/predict/P00-EUR")
     state = app.extensions["predictions"]
-    assert state.known._thread is None and state.asked._thread is None
+    assert state.known._watcher.thread is None and state.asked._flusher.thread is None
 
 
 def test_a_page_is_read_from_redis_a_page_at_a_time(

@@ -310,6 +310,6 @@ def test_each_new_subscription_runs_on_follow_once_the_stream_is_followed() -> N
         assert registry_changes.wait(5)
     finally:
         follower.stop()
-        assert follower._thread is not None
-        follower._thread.join(5)
+        assert follower._background.thread is not None
+        follower._background.thread.join(5)
     assert not near.following

@@ -90,11 +90,11 @@ def test_a_failed_flush_keeps_the_pairs_for_the_next(redis_client: fakeredis.Fak
 def test_a_background_flusher_sends_what_was_asked(redis_client: fakeredis.FakeRedis) -> None:
     asked = AskedPairs(redis_client, lambda: 1.0, flush_seconds=0.01)
     asked.record("ETH-EUR")
-    assert asked._thread is None  # recording alone starts nothing
+    assert asked._flusher.thread is None  # recording alone starts nothing
     asked.ensure_flushing()
-    thread = asked._thread
+    thread = asked._flusher.thread
     asked.ensure_flushing()
-    assert asked._thread is thread is not None and thread.daemon
+    assert asked._flusher.thread is thread is not None and thread.daemon
     asked.record("BTC-EUR")
     wait_for(lambda: len(_scores(redis_client)) == 2, 5, what="the flush")
     asked.flush_seconds = 3600  # the thread never ends: leave it asleep

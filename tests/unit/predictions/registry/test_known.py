@@ -200,9 +200,9 @@ def test_changed_wakes_the_watcher_long_before_its_next_look(
     known = _known(redis_client, reload_seconds=3600)
     known.seed()
     known.ensure_watching()
-    thread = known._thread
+    thread = known._watcher.thread
     known.ensure_watching()
-    assert known._thread is thread is not None and thread.daemon
+    assert known._watcher.thread is thread is not None and thread.daemon
     PairRegistry(redis_client, 100).add({"SOL-EUR": ""})
     # Without a word from the feed the watcher would look in an hour; told, at once.
     known.changed()
@@ -235,7 +235,7 @@ def test_the_watcher_keeps_the_last_view_while_redis_fails(
         known.reload_seconds = 3600
         known.registry = working
     # Once per outage, not once a look.
-    assert caplog.text.count("cannot read the pair registry, keeping the last view") == 1
+    assert caplog.text.count("cannot read the pair registry, will retry") == 1
 
 
 def test_the_longest_ttl_is_any_known_pairs(redis_client: fakeredis.FakeRedis) -> None:
