@@ -159,7 +159,7 @@ faketime: ## Install libfaketime, for the clock-skew test (Debian's faketime; ap
 		exit 1; \
 	fi
 
-bench: $(VENV)/.bench-installed wrk ## Full benchmark against the baselines (~20 min); writes docs/performance.md
+bench: $(VENV)/.bench-installed wrk ## Full benchmark against the baselines (~27 min); writes docs/performance.md
 	$(BIN)/python -m scripts.bench.run
 
 bench-quick: $(VENV)/.bench-installed wrk ## Short benchmark (about 3 min, CI): prints the tables, writes .run/bench/ only

@@ -51,7 +51,7 @@ class NearCache:
         self,
         max_age_seconds: float,
         clock: Clock,
-        max_pairs: int = 10_000,
+        max_pairs: int = 100_000,
     ) -> None:
         self.max_age = max_age_seconds
         self.clock = clock

@@ -20,7 +20,7 @@ import orjson
 from celery import Celery
 
 from beat_schedule import REFRESH_ALL_TASK
-from predictions.infra.keys import prediction_key
+from predictions.infra.keys import prediction_key, refresh_slot_key
 from predictions.settings import DEFAULT_PAIRS, Settings
 from scripts.bench.targets import COMPUTING, OURS, OURS_VERSION, Broken, Target, rss_mib
 from scripts.bench.wrk import WrkResult, WrkRun
@@ -38,8 +38,11 @@ SCALE_SETTINGS = {
     "SIMULATED_MODEL_LATENCY_SECONDS": "0", "PREDICTION_TTL_SECONDS": "3600",
     "REFRESH_INTERVAL_SECONDS": "600",
 }  # fmt: skip
-REFRESH_TIMEOUT_SECONDS = 120
+REFRESH_TIMEOUT_SECONDS = 120  # plus 5 ms a pair (refresh_timeout)
+# The 4-pair API's own database (targets.py's are 0 to 5, the broker's 1).
+REFERENCE_DATABASE = 6
 FILL_DEPTH = 100  # requests pipelined at a time when every worker reads every pair
+FILL_CONNECTIONS = 4  # per worker process: one waits on Redis while another is served
 PAIRS = DEFAULT_PAIRS  # of the hit and steady phases, and the scaling phase's reference
 FIGURES = ("all", "4", "same 4", "random", "4 loaded")  # of the scaling phase's hits
 T = TypeVar("T")
@@ -74,6 +77,13 @@ class Plan:
     scale_repeats: int  # timed refreshes at each point
     scale_rounds: int
     targets: tuple[str, ...]
+    # The many-pairs phase (scripts/bench/many_pairs.py).
+    registry_pairs: int
+    registry_rounds: int
+    asked_pairs: int  # of registry_pairs, asked through the API under PRECOMPUTE=asked
+    asked_interval_seconds: float
+    asked_intervals: int
+    cold_start_pairs: int
 
 
 @dataclasses.dataclass
@@ -85,9 +95,16 @@ class Bench:
     work_dir: Path
     run_id: str
     started: list[Target] = dataclasses.field(default_factory=list)
+    # The scaling phase's figures by pair count, that the registry phase reports beside its own.
+    scaled: dict[int, dict[str, object]] = dataclasses.field(default_factory=dict)
 
-    def target(self, name: str, env: dict[str, str], pairs: Sequence[str] = PAIRS) -> Target:
-        target = Target(name, self.redis_server, self.work_dir, pairs, self.run_id, env)
+    def target(
+        self, name: str, env: dict[str, str], pairs: Sequence[str] = PAIRS,
+        database: int | None = None, registry: bool = False,
+    ) -> Target:  # fmt: skip
+        target = Target(
+            name, self.redis_server, self.work_dir, pairs, self.run_id, env, database, registry
+        )
         self.started.append(target)  # at once, so that a failure still stops it
         return target
 
@@ -241,31 +258,37 @@ def steady_phase(bench: Bench) -> list[Table]:
 
 
 def scaling_phase(bench: Bench) -> list[Table]:
-    header = "pairs | refresh s | Redis used MB | hit p50 ms | vs 4 pairs | vs 4 pairs, same 4"
-    header += " asked | req/s at random | 4-pair API req/s | at random vs 4 pairs | req/s in turn"
-    header += " | workers that read every pair | API worker RSS MiB | pool RSS MiB"
+    header = "pairs | registry load s | refresh s | Redis used MB | hit p50 ms | vs 4 pairs"
+    header += " | vs 4 pairs, same 4 asked | req/s at random | 4-pair API req/s"
+    header += " | at random vs 4 pairs | req/s in turn | workers that read every pair"
+    header += " | API worker RSS MiB (* started since) | pool RSS MiB"
     rows = [measure_point(bench, count) for count in bench.plan.scale_points]
     return [Table("Pairs scaling, model latency 0", header, rows)]
 
 
+def scale_pairs(count: int) -> list[str]:
+    """``count`` pairs: the default pairs first, then P0-USD, P1-USD..."""
+    return [*PAIRS[:count], *(f"P{i}-USD" for i in range(count - len(PAIRS)))]
+
+
 def measure_point(bench: Bench, count: int) -> list[str]:
-    """Our stack with ``count`` pairs: refresh times, then hits alternating with an API
-    of 4 pairs on the same cache; RSS last, after a load run across every pair in turn."""
-    # The default pairs first, then P0-USD, P1-USD...
-    plan, few = bench.plan, list(PAIRS)
-    pairs = [*few[:count], *(f"P{i}-USD" for i in range(count - len(few)))]
+    """Our stack with ``count`` pairs loaded into the registry: refresh times, then hits
+    alternating with an API of 4 pairs (a cache of its own); RSS last, after a load run
+    across every pair in turn."""
+    plan, few, pairs = bench.plan, list(PAIRS), scale_pairs(count)
     all_file, few_file = bench.pairs_file(pairs), bench.pairs_file(few)
     bench.redis_server.client().flushall()
-    target = bench.target(OURS, SCALE_SETTINGS, pairs).start(f"scale-{count}", beat=False)
+    target = bench.target(OURS, SCALE_SETTINGS, pairs, registry=True)
+    loaded = target.load_registry(all_file)  # before the start: no process seeds PAIRS
+    target.start(f"scale-{count}", beat=False)
     # Each job of FIGURES: the API, its pairs, and whether loaded at random (else sequential).
     jobs: dict[str, tuple[Target, Path, bool]] = {"all": (target, all_file, False)}
-    if count > len(few):  # the 4-pair API; the N-pair worker refreshes its pairs too
-        reference = bench.target(OURS, SCALE_SETTINGS, few).start(f"{count}-4", worker=False)
+    if count > len(few):  # the 4-pair API, on a database of its own: its own registry
+        reference = bench.target(OURS, SCALE_SETTINGS, few, database=REFERENCE_DATABASE)
+        reference.start(f"{count}-4", worker=False)
         jobs["4"], jobs["same 4"] = (reference, few_file, False), (target, few_file, False)
         jobs["random"], jobs["4 loaded"] = (target, all_file, True), (reference, few_file, True)
-    broker = Settings(redis_url=target.env["REDIS_URL"]).broker_url  # as the worker reads it
-    celery = Celery("bench", broker=broker, set_as_current=False)
-    celery.conf.broker_connection_retry_on_startup = True
+    celery = celery_app(target)
     found: defaultdict[str, list[WrkResult]] = defaultdict(list)
     try:
         timed_refresh(celery, target)  # the first also loads the model in every pool process
@@ -273,72 +296,131 @@ def measure_point(bench: Bench, count: int) -> list[str]:
         used_mb = int(bench.redis_server.client().info("memory")["used_memory"]) / 1e6
         filling = time.perf_counter()
         filled = f"{asyncio.run(fill(target, pairs))} in {time.perf_counter() - filling:.1f} s"
+        readers = set(target.connections())  # gunicorn recycles a worker after max_requests
         if count > len(few):
-            asyncio.run(fill(reference, few))
+            asyncio.run(fill(reference, few))  # computed on a miss, its first ask
         for number in range(plan.scale_rounds):
-            for key, (api, file, loaded) in rotated(list(jobs.items()), number):
-                seconds = plan.load_seconds if loaded else 0
-                found[key].append(bench.run(api, file, seconds, at_random=loaded))
+            for key, (api, file, loaded_) in rotated(list(jobs.items()), number):
+                seconds = plan.load_seconds if loaded_ else 0
+                found[key].append(bench.run(api, file, seconds, at_random=loaded_))
         in_turn = bench.run(target, all_file, plan.load_seconds)
         api_rss = rss_mib(target.server.pid)
-        pool_rss = rss_mib(target.worker.pid) if target.worker else []
+        pool_rss = list(rss_mib(target.worker.pid).values()) if target.worker else []
     finally:
         celery.close()
         for api, _, _ in jobs.values():
             api.stop()
     p50, rps = ({k: of(found[k], f) for k in FIGURES} for f in ("p50_ms", "rps"))
-    row = [f"{count:,}", each(refreshes, ".3f"), f"{used_mb:.2f}", ms(median(p50["all"]))]
-    row += [ratio(p50["all"], p50["4"]), ratio(p50["same 4"], p50["4"]), each(rps["random"])]
-    row += [each(rps["4 loaded"]), ratio(rps["random"], rps["4 loaded"]), f"{in_turn.rps:,.0f}"]
-    row += [filled, each(api_rss, ".0f"), each(pool_rss, ".0f")]
+    row = [f"{count:,}", f"{loaded:.2f}", each(refreshes, ".3f"), f"{used_mb:.2f}"]
+    row += [ms(median(p50["all"])), ratio(p50["all"], p50["4"]), ratio(p50["same 4"], p50["4"])]
+    row += [each(rps["random"]), each(rps["4 loaded"]), ratio(rps["random"], rps["4 loaded"])]
+    rss = "; ".join(f"{mib:.0f}{'' if pid in readers else '*'}" for pid, mib in api_rss.items())
+    row += [f"{in_turn.rps:,.0f}", filled, rss, each(pool_rss, ".0f")]
+    bench.scaled[count] = {"rss": max(api_rss.values(), default=0), "random vs 4": row[9]}
     print(f"scale {count:>6} pairs: " + "  ".join(row[1:]))
     return row
 
 
+def celery_app(target: Target) -> Celery:
+    """A client of the target's broker, to send refreshes as beat would."""
+    broker = Settings(redis_url=target.env["REDIS_URL"]).broker_url  # as the worker reads it
+    broker = target.env.get("CELERY_BROKER_URL", broker)
+    celery = Celery("bench", broker=broker, set_as_current=False)
+    celery.conf.broker_connection_retry_on_startup = True
+    return celery
+
+
+def refresh_timeout(count: int) -> float:
+    """Long enough for one worker process to refresh ``count`` pairs on a busy machine."""
+    return REFRESH_TIMEOUT_SECONDS + count * 0.005
+
+
+def clear_predictions(target: Target) -> None:
+    """Delete the pairs' predictions and this interval's refresh slot, keeping the
+    registry: the next refresh_all runs, and has every pair to write."""
+    client = target.redis
+    interval = float(target.env["REFRESH_INTERVAL_SECONDS"])
+    seconds, _ = client.time()
+    slot = int(seconds // interval)
+    doomed = [refresh_slot_key(s, interval) for s in (slot - 1, slot, slot + 1)]
+    doomed += [prediction_key(pair, OURS_VERSION) for pair in target.pairs]
+    pipe = client.pipeline(transaction=False)
+    for first in range(0, len(doomed), 10_000):
+        pipe.unlink(*doomed[first : first + 10_000])
+    pipe.execute()
+
+
 def timed_refresh(celery: Celery, target: Target) -> float:
     """Seconds from sending refresh_all, as beat would, to the last pair's computed_at."""
-    target.redis.flushdb()  # the cache's, with the interval's slot: this run is not skipped
+    clear_predictions(target)
+    timeout = refresh_timeout(len(target.pairs))
+    before = target.redis.dbsize()  # the registry's keys and the model's, still there
     sent = time.time()
-    celery.send_task(REFRESH_ALL_TASK, expires=REFRESH_TIMEOUT_SECONDS)
+    celery.send_task(REFRESH_ALL_TASK, expires=timeout)
     # DBSIZE is O(1): polled without stealing the worker's CPU; then MGET of every pair.
     keys = [prediction_key(pair, OURS_VERSION) for pair in target.pairs]
     what = f"refresh of {len(keys)} pairs"
-    wait_for(lambda: target.redis.dbsize() >= len(keys), REFRESH_TIMEOUT_SECONDS, 0.005, what)
-    every_pair = lambda: all(found := target.redis.mget(keys)) and found  # noqa: E731
-    stored = cast(list[bytes], wait_for(every_pair, REFRESH_TIMEOUT_SECONDS, 0.05, what))
+    wait_for(lambda: target.redis.dbsize() >= before + len(keys), timeout, 0.005, what)
+    chunks = [keys[first : first + 10_000] for first in range(0, len(keys), 10_000)]
+
+    def every_pair() -> list[bytes] | None:
+        found = [value for chunk in chunks for value in target.redis.mget(chunk)]
+        return cast(list[bytes], found) if all(found) else None
+
+    stored = cast(list[bytes], wait_for(every_pair, timeout, 0.05, what))
     last = max(orjson.loads(value)["computed_at"] for value in stored)
     return datetime.fromisoformat(last).timestamp() - sent
 
 
 async def fill(target: Target, pairs: Sequence[str]) -> int:
     """Have every API worker process serve every pair, as random clients would in time
-    (a near copy follows the write feed once its process read the pair), on a connection
-    pinned to each worker: its RSS is then its whole cost of N pairs. How many did."""
+    (a near copy follows the write feed once its process read the pair), on connections
+    pinned to each worker (FILL_CONNECTIONS, each walking its share of the pairs): its
+    RSS is then its whole cost of N pairs. How many did."""
     workers = len(target.connections())
-    held: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
-    for _ in range(20 * workers):
-        if len(held) == workers:
+    held: defaultdict[int, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+    held = defaultdict(list)
+    for _ in range(20 * workers * FILL_CONNECTIONS):
+        if len(held) == workers and all(len(c) == FILL_CONNECTIONS for c in held.values()):
             break
         reader, writer = await asyncio.open_connection(HOST, target.port)
         await ask(target, reader, writer, pairs[:1])  # answered: accepted by a worker
         mine, tcp = writer.get_extra_info("sockname")[1], target.connections()
         pid = next((p for p in tcp if any(c.raddr and c.raddr.port == mine for c in tcp[p])), 0)
-        if pid and pid not in held:
-            held[pid] = (reader, writer)
+        if pid and len(held[pid]) < FILL_CONNECTIONS:
+            held[pid].append((reader, writer))
         else:
             writer.close()
     await asyncio.sleep(0.5)  # a process subscribes to the write feed on its first request
 
-    async def walk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def walk(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, share: Sequence[str]
+    ) -> None:
+        for start in range(0, len(share), FILL_DEPTH):
+            await ask(target, reader, writer, share[start : start + FILL_DEPTH])
+
+    walks = []
+    for connections in held.values():
+        size = -(-len(pairs) // len(connections))
+        for number, connection in enumerate(connections):
+            walks.append(walk(*connection, pairs[number * size : (number + 1) * size]))
+    try:
+        await asyncio.gather(*walks)
+    finally:
+        for connections in held.values():
+            for _, writer in connections:
+                writer.close()
+    return sum(bool(connections) for connections in held.values())
+
+
+async def ask_all(target: Target, pairs: Sequence[str]) -> None:
+    """Every pair asked once, on one connection, FILL_DEPTH at a time."""
+    reader, writer = await asyncio.open_connection(HOST, target.port)
+    try:
         for start in range(0, len(pairs), FILL_DEPTH):
             await ask(target, reader, writer, pairs[start : start + FILL_DEPTH])
-
-    try:
-        await asyncio.gather(*(walk(*connection) for connection in held.values()))
     finally:
-        for _, writer in held.values():
-            writer.close()
-    return len(held)
+        writer.close()
 
 
 async def ask(

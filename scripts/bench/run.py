@@ -2,6 +2,7 @@
 
     python -m scripts.bench.run            # full: 5 rounds; writes docs/performance.md
     python -m scripts.bench.run --quick    # about 3 minutes; writes .run/bench/ only
+    python -m scripts.bench.run --only many_pairs   # one phase; writes .run/bench/ only
 
 Exits non-zero only when the benchmark itself is broken (wrk missing, a target that
 does not start or answers errors, output that cannot be read, a leftover), never on a
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from predictions.settings import Settings
 from scripts.bench import wrk
+from scripts.bench.many_pairs import many_pairs_phase
 from scripts.bench.phases import Bench, Plan, Table, hit_phase, scaling_phase, steady_phase
 from scripts.bench.targets import ALL, BASELINE_GUNICORN, COMPUTING, OURS, Broken
 from scripts.embedded_redis import find_redis_server
@@ -33,14 +35,20 @@ from tests.harness.processes import MARKER, ROOT, RedisServer, new_run_id, proce
 FULL = Plan(
     mode="full", rounds=5, sequential_seconds=3, load_seconds=5,
     steady_rounds=3, steady_seconds=60, steady_targets=COMPUTING,
-    scale_points=(1, 10, 100, 1_000, 10_000), scale_repeats=3, scale_rounds=3, targets=ALL,
+    scale_points=(1, 10, 100, 1_000, 10_000, 100_000), scale_repeats=3, scale_rounds=3,
+    targets=ALL, registry_pairs=100_000, registry_rounds=3, asked_pairs=1_000,
+    asked_interval_seconds=5, asked_intervals=4, cold_start_pairs=10_000,
 )  # fmt: skip
-# About 3 minutes (CI): 3 hit rounds (the fewest with a slowest round), the rest trimmed.
+# About 3 minutes (CI): 3 hit rounds (the fewest with a slowest round), the rest trimmed;
+# the many-pairs phase at 10,000 pairs, once.
 QUICK = Plan(
     mode="quick", rounds=3, sequential_seconds=1, load_seconds=3,
     steady_rounds=1, steady_seconds=10, steady_targets=(OURS,),
     scale_points=(10_000,), scale_repeats=1, scale_rounds=2, targets=ALL[:4],  # no floor-get
+    registry_pairs=10_000, registry_rounds=1, asked_pairs=100,
+    asked_interval_seconds=2, asked_intervals=2, cold_start_pairs=10_000,
 )  # fmt: skip
+PHASES = (hit_phase, steady_phase, scaling_phase, many_pairs_phase)
 PACKAGES = """flask werkzeug gunicorn gevent redis hiredis orjson celery kombu numpy fastapi
     starlette uvicorn uvloop httptools flask-caching psutil""".split()
 # docs/performance.md's prose (goals, method) is written by hand; below it, the run's.
@@ -51,8 +59,16 @@ TABLES_BELOW = "<!-- Below this line: written by `make bench`. -->"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about 3 minutes (CI)")
-    plan = QUICK if parser.parse_args(argv).quick else FULL
-    output = REPORT if plan is FULL else ROOT / ".run" / "bench" / "performance.md"
+    parser.add_argument(
+        "--only", choices=[p.__name__.removesuffix("_phase") for p in PHASES],
+        help="run one phase; writes .run/bench/ only",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    plan, only = QUICK if args.quick else FULL, args.only
+    if only is None and plan is FULL:
+        output = REPORT
+    else:
+        output = ROOT / ".run" / "bench" / "performance.md"
     try:
         wrk.find_wrk()
         prose, below, _ = REPORT.read_text().partition(TABLES_BELOW)
@@ -75,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         facts = environment(plan)
         if os.getloadavg()[0] > 0.5:  # the ratios share the noise; the absolute figures do not
             print(f"warning: the machine is busy (load {facts['load average at start']})")
-        for phase in (hit_phase, steady_phase, scaling_phase):
-            tables += phase(bench)
+        for phase in PHASES:
+            if only is None or phase.__name__ == f"{only}_phase":
+                tables += phase(bench)
     except (Broken, wrk.WrkError, TimeoutError, OSError) as exc:
         broken = f"{type(exc).__name__}: {exc}"
     except KeyboardInterrupt:

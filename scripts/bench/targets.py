@@ -46,6 +46,8 @@ BASELINE_GUNICORN = {
     "--worker-connections": "1000",
 }  # fmt: skip
 _WORKER_LINE = re.compile(r"Using worker: ([\w.]+)")
+# A refresh counter's sample in Prometheus's text format: name{labels} value.
+_SAMPLE = re.compile(r"^(prediction_refresh\w*(?:\{[^}]*\})?) ([0-9.e+-]+)$", re.MULTILINE)
 # None of the driver's own settings may leak into a target (a LOG_LEVEL=WARNING would
 # turn its access log off): every Settings field, and these prefixes.
 _OUR_VARIABLES = frozenset(field.name.upper() for field in dataclasses.fields(Settings))
@@ -76,14 +78,23 @@ class Target:
 
     def __init__(
         self, name: str, redis_server: RedisServer, log_dir: Path, pairs: Sequence[str],
-        run_id: str, settings: Mapping[str, str],
+        run_id: str, settings: Mapping[str, str], database: int | None = None,
+        registry: bool = False,
     ) -> None:  # fmt: skip
-        self.title, database, _ = _TARGETS[name]
+        """``database`` overrides the target's own; ``registry``: its pairs go into the
+        pair registry (load_registry) rather than PAIRS, which holds 16,000 at most."""
+        self.title, own_database, _ = _TARGETS[name]
+        database = own_database if database is None else database
         self.name, self.log_dir, self.pairs, self.port = name, log_dir, list(pairs), free_port()
         self.redis = redis_server.client(database)
+        # Ours serves the worker's metrics on a port of its own: 9808 may be taken.
+        self.metrics_port = free_port() if name == OURS else 0
+        known = {} if registry else {"PAIRS": ",".join(self.pairs)}
         self.env = base_env(
             run_id, REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/{database}",
-            API_BIND=f"127.0.0.1:{self.port}", PAIRS=",".join(self.pairs), **settings,
+            API_BIND=f"127.0.0.1:{self.port}", **known,
+            **({"WORKER_METRICS_BIND": f"127.0.0.1:{self.metrics_port}"} if name == OURS else {}),
+            **settings,
         )  # fmt: skip
         self.processes: list[Process] = []
         self.worker: Process | None = None  # ours: the Celery worker's main process
@@ -97,14 +108,28 @@ class Target:
         """The HTTP server's main process: gunicorn's master, or uvicorn."""
         return self.processes[-1]
 
-    def start(self, label: str, beat: bool = True, worker: bool = True) -> Target:
-        """Start every process (logs named <target>-<label>) and wait for HTTP."""
+    def cpu_seconds(self) -> list[float]:
+        """CPU time (user and system) each API worker process has used so far."""
+        used = []
+        for process in worker_processes(self.server.pid):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                used.append(times.user + times.system)
+        return used
+
+    def start(self, label: str, beat: bool = True, worker: bool = True, api: bool = True) -> Target:
+        """Start every process (logs named <target>-<label>) and wait for HTTP (or, with
+        no API, for the worker to be ready)."""
         name = f"{self.name}-{label}"
         if self.name == OURS and worker:
             celery = [str(BIN / "celery"), "-A", "worker"]
             self.worker = self._spawn(f"{name}-worker", [*celery, "worker", "--loglevel=INFO"])
             if beat:
                 self._spawn(f"{name}-beat", [*celery, "beat", "--loglevel=INFO"])
+        if not api:
+            worker_ready = lambda: self.worker is not None and " ready." in self.worker.output()  # noqa: E731
+            wait_for(worker_ready, START_TIMEOUT_SECONDS, 0.1, f"{name}-worker ready")
+            return self
         # The seed-style API logs no request: that would measure log writing, not caching.
         seed = [str(BIN / "uvicorn"), "--factory", "scripts.bench.baselines:seed_app",
                 "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"]  # fmt: skip
@@ -141,6 +166,29 @@ class Target:
         for process in reversed(self.processes):
             process.stop()
         self.processes, self.worker = [], None
+
+    def load_registry(self, pairs_file: Path) -> float:
+        """`python -m predictions.pairs load FILE` against this target's Redis, as an
+        operator runs it; its wall time in seconds (the interpreter's start included)."""
+        argv = [sys.executable, "-m", "predictions.pairs", "load", str(pairs_file)]
+        started = time.perf_counter()
+        done = subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, timeout=120)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise Broken(f"pairs load {pairs_file.name}: {done.stderr.decode()[-300:]}")
+        return seconds
+
+    def worker_metrics(self) -> dict[str, float]:
+        """The worker's refresh counters from its metrics port, by sample name (and
+        result label): what an operator's Prometheus would scrape."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            text = self.http.request("GET", url, timeout=5).data.decode()
+        except urllib3.exceptions.HTTPError as exc:
+            raise Broken(f"{self.title}: worker metrics at {url}: {exc}") from None
+        finally:
+            self.http.clear()
+        return refresh_samples(text)
 
     def model_runs(self, pair: str | None = None) -> int:
         """Model runs in the HTTP server's processes so far (for ours: misses only)."""
@@ -196,16 +244,21 @@ class Target:
         return "/".join(map(str, sorted(held, reverse=True)))
 
 
+def refresh_samples(text: str) -> dict[str, float]:
+    """The refresh metrics' samples in a Prometheus text exposition, by name and labels."""
+    return {name: float(value) for name, value in _SAMPLE.findall(text)}
+
+
 def worker_processes(main_pid: int) -> list[psutil.Process]:
     """gunicorn's workers or Celery's pool; a server without children does the work."""
     main = psutil.Process(main_pid)
     return main.children() or [main]
 
 
-def rss_mib(main_pid: int) -> list[float]:
-    """Resident memory of each worker process, in MiB."""
-    sizes = []
+def rss_mib(main_pid: int) -> dict[int, float]:
+    """Resident memory of each worker process, in MiB, by PID."""
+    sizes = {}
     for process in worker_processes(main_pid):
         with contextlib.suppress(psutil.NoSuchProcess):
-            sizes.append(process.memory_info().rss / 2**20)
+            sizes[process.pid] = process.memory_info().rss / 2**20
     return sizes

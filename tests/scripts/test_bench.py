@@ -30,6 +30,7 @@ from scripts.bench.targets import (
     Broken,
     base_env,
     gunicorn_argv,
+    refresh_samples,
 )
 
 # A real run: wrk 4.1.0 -t2 -c32 -d2s with spread.lua against the constant-JSON floor.
@@ -240,3 +241,18 @@ def test_spread_lua_asks_pairs_in_turn_or_at_random(
         assert in_turn < len(steps) / 5  # by chance, one step in 50
     else:
         assert in_turn == len(steps)
+
+
+def test_the_workers_refresh_counters_are_read_from_its_exposition() -> None:
+    text = """# HELP prediction_refreshed_pairs_total Pairs handled by the worker's refreshes.
+# TYPE prediction_refreshed_pairs_total counter
+prediction_refreshed_pairs_total{result="written"} 1000.0
+prediction_refreshed_pairs_total{result="skipped"} 0.0
+prediction_refresh_duration_seconds_count 10.0
+prediction_requests_total{outcome="hit"} 5.0
+"""
+    assert refresh_samples(text) == {
+        'prediction_refreshed_pairs_total{result="written"}': 1000.0,
+        'prediction_refreshed_pairs_total{result="skipped"}': 0.0,
+        "prediction_refresh_duration_seconds_count": 10.0,
+    }
