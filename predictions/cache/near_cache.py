@@ -132,6 +132,14 @@ class NearCache:
             except KeyError:  # emptied by another thread meanwhile
                 break
 
+    def fill(self, prediction: Prediction) -> bool:
+        """Keep a copy as the write stream would, only if it evicts nothing; False if
+        there was no room."""
+        if len(self._entries) >= self.max_pairs and prediction.pair not in self._entries:
+            return False
+        self.put(prediction, read=False)
+        return True
+
     def holds(self, pair: str) -> bool:
         """Whether this process keeps a copy of the pair (what the write feed updates)."""
         return pair in self._entries

@@ -285,15 +285,15 @@ class PredictionCache:
         """Copy the pairs' stored predictions into the near cache, a chunk per round
         trip, as the write feed delivers them (served while the feed is followed); so a
         process that just started answers its first requests from memory. Returns how
-        many were copied."""
+        many were copied. It only fills room: a copy the process's requests made (they
+        may come first) is never evicted for one of these."""
         copied = 0
         # No further than the near cache holds: more would only evict the first ones.
         wanted = pairs[: self.near.max_pairs]
         for first in range(0, len(wanted), chunk):
             read = self.store.read_many(wanted[first : first + chunk])
             for prediction in read.predictions.values():
-                if prediction is not None:
-                    self.near.put(prediction, read=False)
+                if prediction is not None and self.near.fill(prediction):
                     copied += 1
         return copied
 

@@ -79,8 +79,10 @@ def test_redis_down_is_a_quick_503_and_everything_recovers_without_restarts(
     worker = start("worker")
     beat = start("beat")
     wait_for(lambda: all_cached(redis_server), 30, what="every pair cached")
-    # One API process, so that the pair it served is known to the process answering.
-    api = start("api", API_WORKERS="1")
+    # One API process, so that the pair it served is known to the process answering,
+    # with room for one near copy: the pair it served, and none of the others (an API
+    # process fills its copies as it starts, and serves those stale too).
+    api = start("api", API_WORKERS="1", NEAR_CACHE_MAX_PAIRS="1")
     assert get(api, "/predict/ETH-EUR").status == 200
 
     redis_server.kill()

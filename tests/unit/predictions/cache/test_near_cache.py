@@ -220,6 +220,16 @@ def test_replacing_a_copy_never_evicts_another() -> None:
     assert near.last_known("B-EUR").computed_at == 1_002.0  # type: ignore[union-attr]
 
 
+def test_filling_only_takes_room_and_never_evicts_a_copy_requests_made() -> None:
+    near = NearCache(0.5, Clocks(Clock(1_010.0), Clock(0.0)), max_pairs=2)
+    near.put(_pair("A-EUR"))
+    assert near.fill(_pair("B-EUR"))
+    assert not near.fill(_pair("C-EUR"))  # full: nothing evicted for it
+    assert near.fill(_pair("A-EUR", computed_at=1_001.0))  # held already: updated
+    assert [near.holds(p) for p in ("A-EUR", "B-EUR", "C-EUR")] == [True, True, False]
+    assert near.last_known("A-EUR").computed_at == 1_001.0  # type: ignore[union-attr]
+
+
 def test_holds_says_whether_a_copy_is_kept_whatever_its_age() -> None:
     wall, mono = Clock(1_010.0), Clock(0.0)
     near = NearCache(0.5, Clocks(wall, mono))
