@@ -54,9 +54,10 @@ class HotPath:
             pair = path[len(PREFIX) :]
             if pair in self.known.pairs:
                 started = time.perf_counter()
-                self.asked.record(pair)
                 prediction = self.cache.near_hit(pair)
                 if prediction is not None:
+                    # Here, not before: the Flask view records the pairs it answers.
+                    self.asked.record(pair)
                     return self._serve(environ, start_response, prediction, started)
         return self.app(environ, start_response)
 

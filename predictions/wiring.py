@@ -210,7 +210,7 @@ class Wiring:
             pairs = known.sorted_pairs()
         else:
             asked = most_recently_asked(self.redis, room, known)
-            pairs = list(dict.fromkeys(itertools.chain(asked, known.sorted_pairs())))[:room]
+            pairs = list(dict.fromkeys(itertools.chain(asked, known.sorted_pairs())))
         copied = cache.warm(pairs)
         log.info("near copies filled pairs=%d", copied, extra={"pairs": copied})
 
